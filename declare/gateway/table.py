@@ -1,0 +1,107 @@
+"""The routing table: the only thing declare sends to the gateway.
+
+A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/table):
+
+    {
+      "version": 7,                       # increases with every push; informational
+      "endpoints": {
+        "iris": {
+          "routes": [                      # traffic_config.routes, percentages sum to 100
+            {"served_entity_name": "iris-1", "traffic_percentage": 100}
+          ],
+          "entities": {                    # the ready replicas of each routed entity
+            "iris-1": {"replicas": [{"id": "iris-iris-1-ab12cd", "url": "http://127.0.0.1:5001"}]}
+          },
+          "description": {...}             # the endpoint in the Databricks GET shape: name,
+                                           # state.ready, state.config_update, config,
+                                           # pending_config, tags; served as-is by the
+                                           # management API
+        }
+      }
+    }
+
+An entity with no replicas is routed but not ready: its share of requests gets 503.
+Parsing validates the shape and raises ValueError with what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReplicaTarget:
+    id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class EndpointTable:
+    name: str
+    routes: tuple[tuple[str, int], ...]  # (served entity name, percentage)
+    entities: Mapping[str, tuple[ReplicaTarget, ...]]
+    description: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "routes": [{"served_entity_name": n, "traffic_percentage": p} for n, p in self.routes],
+            "entities": {
+                name: {"replicas": [{"id": r.id, "url": r.url} for r in replicas]}
+                for name, replicas in self.entities.items()
+            },
+            "description": dict(self.description),
+        }
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    version: int
+    endpoints: Mapping[str, EndpointTable]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "endpoints": {name: ep.to_json() for name, ep in self.endpoints.items()},
+        }
+
+    @classmethod
+    def empty(cls) -> RoutingTable:
+        return cls(version=0, endpoints={})
+
+    @classmethod
+    def from_json(cls, data: Any) -> RoutingTable:
+        if not isinstance(data, dict):
+            raise ValueError("routing table must be a JSON object")
+        version = data.get("version", 0)
+        if not isinstance(version, int):
+            raise ValueError("version must be an integer")
+        raw_eps = data.get("endpoints", {})
+        if not isinstance(raw_eps, dict):
+            raise ValueError("endpoints must be an object")
+        endpoints: dict[str, EndpointTable] = {}
+        for name, ep in raw_eps.items():
+            if not isinstance(ep, dict):
+                raise ValueError(f"endpoints.{name} must be an object")
+            routes: list[tuple[str, int]] = []
+            for i, r in enumerate(ep.get("routes", [])):
+                try:
+                    routes.append((str(r["served_entity_name"]), int(r["traffic_percentage"])))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"endpoints.{name}.routes[{i}] is malformed") from exc
+            if routes and sum(p for _, p in routes) != 100:
+                raise ValueError(f"endpoints.{name}.routes percentages must sum to 100")
+            entities: dict[str, tuple[ReplicaTarget, ...]] = {}
+            for ent, body in (ep.get("entities") or {}).items():
+                try:
+                    entities[ent] = tuple(
+                        ReplicaTarget(str(x["id"]), str(x["url"])) for x in body["replicas"]
+                    )
+                except (KeyError, TypeError) as exc:
+                    raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
+            desc = ep.get("description") or {}
+            if not isinstance(desc, dict):
+                raise ValueError(f"endpoints.{name}.description must be an object")
+            endpoints[name] = EndpointTable(name, tuple(routes), entities, desc)
+        return cls(version=version, endpoints=endpoints)

@@ -1,0 +1,94 @@
+"""The provider boundary: one Protocol that every provider (local, docker, gpu hosts) meets.
+
+A provider runs replicas and tells what runs. It never reads manifests or the state file;
+it receives `ReplicaSpec`s and returns `ReplicaHandle`s, and finds what it owns by its own
+labels (process records, container labels). Readiness by a real prediction is done by the
+core over HTTP (`declare.readiness`); a provider only says whether a replica is alive.
+
+Providers are found through the `declare.providers` entry-point group (see pyproject.toml),
+each entry a class taking a `ProviderContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from declare.errors import ConfigError
+from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
+
+
+class Liveness(Enum):
+    ALIVE = "alive"  # the replica's process/container runs
+    DEAD = "dead"  # it ran once and does not now (exited, killed, removed)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    handle: ReplicaHandle
+    liveness: Liveness
+    reason: str = ""  # why it is dead (exit code, signal), for drift messages
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What a provider would build for a model environment, and whether it is cached."""
+
+    key: str  # content hash; entities with equal keys share one build
+    needed: bool  # False: this provider serves without a build step (local)
+    cached: bool  # True: already built, the build action does nothing
+    ref: str = ""  # e.g. an image tag
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """Everything a provider may know of the project: no manifests, no state."""
+
+    project: str  # project name (folder name), used in labels
+    project_dir: Path
+    state_dir: Path  # providers keep their own records and logs under state_dir/<provider>
+    settings: Mapping[str, Any] = field(default_factory=dict)  # declare.yaml providers.<name>
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+
+    def check(self) -> None:
+        """Raise ProviderError (or ConfigError) when this provider cannot work at all."""
+
+    def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
+        """What serving this model needs built, and whether that is already done."""
+
+    def build(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
+        """Build what `build_info` said is needed; return the finished build's info."""
+
+    def start_replica(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Start one replica, detached, and return at once (readiness is awaited elsewhere)."""
+
+    def status(self, handle: ReplicaHandle) -> ReplicaStatus:
+        """Is this replica alive? Must never mistake a reused PID/id for the replica."""
+
+    def stop_replica(self, handle: ReplicaHandle, grace_seconds: float) -> None:
+        """Stop the replica (graceful, then forced) and forget it. Idempotent."""
+
+    def list_owned(self) -> Sequence[ReplicaHandle]:
+        """Every replica this provider holds for the project, found by its own labels."""
+
+    def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
+        """The last `tail` lines of the replica's log."""
+
+
+def load_provider(name: str, context: ProviderContext) -> Provider:
+    """Instantiate the provider registered under `name` in the entry-point group."""
+    for ep in entry_points(group="declare.providers"):
+        if ep.name == name:
+            cls = ep.load()
+            provider: Provider = cls(context)
+            return provider
+    known = sorted(ep.name for ep in entry_points(group="declare.providers"))
+    raise ConfigError(f"unknown provider {name!r}; installed providers: {', '.join(known)}")

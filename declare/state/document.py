@@ -1,0 +1,231 @@
+"""The recorded state as typed, immutable values, and its JSON form.
+
+The storage layer (`backend.py`, `local.py`) moves plain JSON documents and owns `serial`
+and `lineage`; this module gives that document its meaning:
+
+    {
+      "format_version": 1, "serial": 12, "lineage": "...",
+      "gateway": {"host": "127.0.0.1", "port": 8787, "settings_hash": "..."} | null,
+      "endpoints": {
+        "<name>": {
+          "name", "provider", "config_version", "created_at", "updated_at",
+          "spec": <EndpointSpec JSON> | null,       # the config that was last applied in full
+          "models": {"<entity>": <ResolvedModel JSON>},   # pinned models of `spec`'s entities
+          "routes": [<Route JSON>],                  # what the gateway routes now
+          "serving": {"<entity>": "<generation>"},   # which generation each route reaches
+          "replicas": [<ReplicaRecord JSON>],        # every replica started and not yet stopped
+          "status": {"config_update": "NOT_UPDATING"|"IN_PROGRESS"|"UPDATE_FAILED",
+                     "message": str},
+          "pending": <EndpointSpec JSON> | null      # the config being applied now
+        }
+      }
+    }
+
+Functions here are pure: each returns a new value. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from declare.model import EndpointSpec, ReplicaHandle, ResolvedModel, Route, short_hash
+
+FORMAT_VERSION = 1
+
+NOT_UPDATING = "NOT_UPDATING"
+IN_PROGRESS = "IN_PROGRESS"
+UPDATE_FAILED = "UPDATE_FAILED"
+
+
+def generation_of(provider: str, model: ResolvedModel, entity_json: Mapping[str, Any]) -> str:
+    """The hash of what, when it changes, needs new replicas of a served entity.
+
+    Replica count is not part of it: scaling adds or removes replicas of one generation.
+    """
+    return short_hash(
+        {
+            "provider": provider,
+            "model": model.pinned_uri,
+            "source": model.source,
+            "env": entity_json.get("environment_vars") or {},
+            "workload_type": entity_json.get("workload_type", "CPU"),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    handle: ReplicaHandle
+    index: int
+    ready: bool = False  # passed the readiness check (a real prediction)
+    retired: bool = False  # taken out of rotation: to be drained and stopped
+
+    @property
+    def id(self) -> str:
+        return self.handle.id
+
+    @property
+    def entity(self) -> str:
+        return self.handle.entity
+
+    @property
+    def generation(self) -> str:
+        return self.handle.generation
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "handle": self.handle.to_json(),
+            "index": self.index,
+            "ready": self.ready,
+            "retired": self.retired,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaRecord:
+        return cls(
+            ReplicaHandle.from_json(data["handle"]),
+            int(data["index"]),
+            bool(data.get("ready", False)),
+            bool(data.get("retired", False)),
+        )
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    name: str
+    provider: str
+    spec: EndpointSpec | None = None
+    models: Mapping[str, ResolvedModel] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    serving: Mapping[str, str] = field(default_factory=dict)
+    replicas: tuple[ReplicaRecord, ...] = ()
+    config_update: str = NOT_UPDATING
+    message: str = ""
+    pending: EndpointSpec | None = None
+    config_version: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def generation(self, entity: str) -> str | None:
+        """Generation of `entity` in the applied spec (None when not in it)."""
+        if self.spec is None or entity not in self.models:
+            return None
+        try:
+            ent = self.spec.entity(entity)
+        except KeyError:
+            return None
+        return generation_of(self.provider, self.models[entity], ent.to_json())
+
+    def serving_replicas(self, entity: str) -> tuple[ReplicaRecord, ...]:
+        gen = self.serving.get(entity)
+        return tuple(
+            r
+            for r in self.replicas
+            if r.entity == entity and r.generation == gen and r.ready and not r.retired
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "config_version": self.config_version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "spec": self.spec.to_json() if self.spec else None,
+            "models": {k: m.to_json() for k, m in self.models.items()},
+            "routes": [r.to_json() for r in self.routes],
+            "serving": dict(self.serving),
+            "replicas": [r.to_json() for r in self.replicas],
+            "status": {"config_update": self.config_update, "message": self.message},
+            "pending": self.pending.to_json() if self.pending else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EndpointRecord:
+        status = data.get("status") or {}
+        return cls(
+            name=data["name"],
+            provider=data["provider"],
+            spec=EndpointSpec.from_json(data["spec"]) if data.get("spec") else None,
+            models={k: ResolvedModel.from_json(v) for k, v in (data.get("models") or {}).items()},
+            routes=tuple(
+                Route(r["served_entity_name"], int(r["traffic_percentage"]))
+                for r in data.get("routes") or []
+            ),
+            serving=dict(data.get("serving") or {}),
+            replicas=tuple(ReplicaRecord.from_json(r) for r in data.get("replicas") or []),
+            config_update=status.get("config_update", NOT_UPDATING),
+            message=status.get("message", ""),
+            pending=EndpointSpec.from_json(data["pending"]) if data.get("pending") else None,
+            config_version=int(data.get("config_version", 0)),
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class GatewayRecordState:
+    host: str
+    port: int
+    settings_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "settings_hash": self.settings_hash}
+
+
+@dataclass(frozen=True)
+class State:
+    serial: int = 0
+    lineage: str = ""
+    endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
+    gateway: GatewayRecordState | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "gateway": self.gateway.to_json() if self.gateway else None,
+            "endpoints": {name: ep.to_json() for name, ep in sorted(self.endpoints.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> State:
+        if not data:
+            return cls()
+        gw = data.get("gateway")
+        return cls(
+            serial=int(data.get("serial", 0)),
+            lineage=str(data.get("lineage", "")),
+            endpoints={
+                name: EndpointRecord.from_json(ep)
+                for name, ep in (data.get("endpoints") or {}).items()
+            },
+            gateway=GatewayRecordState(gw["host"], int(gw["port"]), gw["settings_hash"])
+            if gw
+            else None,
+        )
+
+    # -- pure updates -------------------------------------------------------------------
+
+    def with_endpoint(self, record: EndpointRecord) -> State:
+        endpoints = dict(self.endpoints)
+        endpoints[record.name] = replace(record, updated_at=time.time())
+        return replace(self, endpoints=endpoints)
+
+    def without_endpoint(self, name: str) -> State:
+        endpoints = {k: v for k, v in self.endpoints.items() if k != name}
+        return replace(self, endpoints=endpoints)
+
+    def endpoint(self, name: str, provider: str = "local") -> EndpointRecord:
+        existing = self.endpoints.get(name)
+        if existing is not None:
+            return existing
+        now = time.time()
+        return EndpointRecord(name=name, provider=provider, created_at=now, updated_at=now)
+
+    def all_replicas(self) -> tuple[ReplicaRecord, ...]:
+        return tuple(r for ep in self.endpoints.values() for r in ep.replicas)
