@@ -1,0 +1,330 @@
+"""Work out what changed: desired endpoints vs recorded state vs what really runs.
+
+`diff()` is a pure function (kopf's manner): it takes immutable values and returns one
+`EndpointChange` per endpoint (CREATE / UPDATE / DELETE / NOOP) saying which replicas to
+start, which to drain and stop, which dead ones to forget, whether the gateway must get new
+routing, which fields changed and with what impact, and what drifted. It does no I/O and
+knows nothing of providers' machinery or of the DAG (that is `declare.plan`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from declare.gateway.table import RoutingTable
+from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel, Route
+from declare.provider import Liveness, ReplicaStatus
+from declare.state.document import NOT_UPDATING, EndpointRecord, State, generation_of
+
+
+class Change(Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NOOP = "no-op"
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "update": "~", "delete": "-", "no-op": " "}[self.value]
+
+
+class Impact(Enum):
+    LIVE = "live"  # takes effect without restarting anything
+    SCALE = "scale"  # replicas added or removed; the others keep serving
+    REPLACE = "replace"  # new replicas started, traffic switched, old ones drained and stopped
+
+
+@dataclass(frozen=True)
+class DesiredEndpoint:
+    """An endpoint as the manifests ask for it, with every model pinned."""
+
+    spec: EndpointSpec
+    models: Mapping[str, ResolvedModel]
+
+    def generation(self, entity: EntitySpec) -> str:
+        return generation_of(self.spec.provider, self.models[entity.name], entity.to_json())
+
+    @property
+    def serving(self) -> dict[str, str]:
+        return {e.name: self.generation(e) for e in self.spec.entities}
+
+
+@dataclass(frozen=True)
+class Actual:
+    """What a refresh found: replica liveness, orphans, and the gateway."""
+
+    replicas: Mapping[str, ReplicaStatus] = field(default_factory=dict)
+    orphans: tuple[ReplicaHandle, ...] = ()
+    gateway_running: bool = False
+    gateway_settings_hash: str = ""  # of the gateway as it should run (from declare.yaml)
+    gateway_table: RoutingTable | None = None
+
+    def alive(self, replica_id: str) -> bool:
+        status = self.replicas.get(replica_id)
+        return status is not None and status.liveness is Liveness.ALIVE
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str
+    before: Any
+    after: Any
+    impact: Impact
+
+
+@dataclass(frozen=True)
+class ReplicaStart:
+    entity: EntitySpec
+    model: ResolvedModel
+    generation: str
+    index: int
+    reason: str  # "new", "scale up", "replaces dead replica X"
+
+
+@dataclass(frozen=True)
+class EndpointChange:
+    name: str
+    kind: Change
+    provider: str
+    before: EndpointRecord | None
+    after: DesiredEndpoint | None
+    fields: tuple[FieldChange, ...] = ()
+    starts: tuple[ReplicaStart, ...] = ()
+    stops: tuple[ReplicaHandle, ...] = ()  # alive: drain, then stop
+    forgets: tuple[ReplicaHandle, ...] = ()  # dead: drop from the record
+    route_push: bool = False
+    drift: tuple[str, ...] = ()
+
+    @property
+    def routes_before(self) -> tuple[Route, ...]:
+        return self.before.routes if self.before else ()
+
+    @property
+    def routes_after(self) -> tuple[Route, ...]:
+        return self.after.spec.routes if self.after else ()
+
+
+def diff(
+    desired: Iterable[DesiredEndpoint],
+    state: State,
+    actual: Actual,
+    gateway_recorded_hash: str | None = None,
+) -> tuple[EndpointChange, ...]:
+    """One change per endpoint named in the manifests or in the state, sorted by name."""
+    wanted = {d.spec.name: d for d in desired}
+    gateway_fresh = not actual.gateway_running or (
+        gateway_recorded_hash is not None and gateway_recorded_hash != actual.gateway_settings_hash
+    )
+    out = []
+    for name in sorted(set(wanted) | set(state.endpoints)):
+        d = wanted.get(name)
+        r = state.endpoints.get(name)
+        if d is None:
+            assert r is not None
+            out.append(_delete(r, actual))
+        else:
+            out.append(_create_or_update(d, r, actual, gateway_fresh))
+    return tuple(out)
+
+
+def _delete(r: EndpointRecord, actual: Actual) -> EndpointChange:
+    stops = tuple(x.handle for x in r.replicas if actual.alive(x.id))
+    forgets = tuple(x.handle for x in r.replicas if not actual.alive(x.id))
+    return EndpointChange(
+        name=r.name,
+        kind=Change.DELETE,
+        provider=r.provider,
+        before=r,
+        after=None,
+        stops=stops,
+        forgets=forgets,
+        route_push=True,
+    )
+
+
+def _create_or_update(
+    d: DesiredEndpoint, r: EndpointRecord | None, actual: Actual, gateway_fresh: bool
+) -> EndpointChange:
+    recorded = r.replicas if r else ()
+    starts: list[ReplicaStart] = []
+    keep: set[str] = set()
+    drift: list[str] = []
+    for entity in d.spec.entities:
+        gen = d.generation(entity)
+        same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
+        by_index: dict[int, str] = {}
+        for x in same:
+            if x.retired or not x.ready or x.index >= entity.replica_count:
+                continue
+            if x.index in by_index:
+                continue
+            if actual.alive(x.id):
+                by_index[x.index] = x.id
+            else:
+                status = actual.replicas.get(x.id)
+                why = f": {status.reason}" if status and status.reason else ""
+                drift.append(f"replica {x.id} of {entity.name} is not running{why}")
+        keep.update(by_index.values())
+        for index in range(entity.replica_count):
+            if index in by_index:
+                continue
+            dead = next(
+                (x for x in same if x.index == index and x.ready and not x.retired), None
+            )
+            if r is None or r.spec is None:
+                reason = "new"
+            elif dead is not None:
+                reason = f"replaces {dead.id}"
+            elif any(x.entity == entity.name for x in recorded) and r.generation(
+                entity.name
+            ) == gen:
+                reason = "scale up"
+            else:
+                reason = "new"
+            starts.append(ReplicaStart(entity, d.models[entity.name], gen, index, reason))
+    stops = tuple(x.handle for x in recorded if x.id not in keep and actual.alive(x.id))
+    forgets = tuple(x.handle for x in recorded if x.id not in keep and not actual.alive(x.id))
+    for x in recorded:
+        if x.id not in keep and not x.ready and not x.retired and actual.alive(x.id):
+            drift.append(f"replica {x.id} was started but never became ready (interrupted apply?)")
+
+    if r is None or r.spec is None:
+        return EndpointChange(
+            name=d.spec.name,
+            kind=Change.CREATE,
+            provider=d.spec.provider,
+            before=r,
+            after=d,
+            fields=_field_changes(None, d),
+            starts=tuple(starts),
+            stops=stops,
+            forgets=forgets,
+            route_push=True,
+            drift=tuple(drift),
+        )
+
+    fields = _field_changes(r, d)
+    table_stale = _gateway_table_stale(r, actual)
+    if table_stale and not gateway_fresh:
+        drift.append(f"the gateway does not route {r.name} as recorded")
+    route_push = bool(
+        starts
+        or stops
+        or forgets
+        or fields
+        or table_stale
+        or gateway_fresh
+        or dict(r.serving) != d.serving
+        or r.config_update != NOT_UPDATING
+    )
+    kind = Change.UPDATE if route_push else Change.NOOP
+    return EndpointChange(
+        name=d.spec.name,
+        kind=kind,
+        provider=d.spec.provider,
+        before=r,
+        after=d,
+        fields=fields,
+        starts=tuple(starts),
+        stops=stops,
+        forgets=forgets,
+        route_push=route_push,
+        drift=tuple(drift),
+    )
+
+
+def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
+    """True when the gateway's live table does not route `r` as the state says it should."""
+    table = actual.gateway_table
+    if table is None:
+        return True
+    live = table.endpoints.get(r.name)
+    if live is None:
+        return True
+    expected_routes = tuple((x.served_entity_name, x.traffic_percentage) for x in r.routes)
+    if live.routes != expected_routes:
+        return True
+    for route in r.routes:
+        want = sorted(x.id for x in r.serving_replicas(route.served_entity_name))
+        have = sorted(t.id for t in live.entities.get(route.served_entity_name, ()))
+        if want != have:
+            return True
+    return False
+
+
+# -- field changes ----------------------------------------------------------------------
+
+_REPLACE_FIELDS = ("model", "environment_vars", "workload_type")
+_SCALE_FIELDS = ("workload_size", "replicas")
+
+
+def _entity_view(e: EntitySpec, model: ResolvedModel | None) -> dict[str, Any]:
+    return {
+        "model": model.describe() if model else e.model_uri,
+        "environment_vars": dict(e.environment_vars),
+        "workload_type": e.workload_type,
+        "workload_size": e.workload_size,
+        "replicas": e.replica_count,
+        "scale_to_zero_enabled": e.scale_to_zero_enabled,
+    }
+
+
+def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldChange, ...]:
+    before_spec = r.spec if r else None
+    out: list[FieldChange] = []
+    if before_spec is not None and before_spec.provider != d.spec.provider:
+        out.append(FieldChange("provider", before_spec.provider, d.spec.provider, Impact.REPLACE))
+    before_entities = {e.name: e for e in before_spec.entities} if before_spec else {}
+    for e in d.spec.entities:
+        after_view = _entity_view(e, d.models.get(e.name))
+        old = before_entities.get(e.name)
+        if old is None:
+            out.append(
+                FieldChange(f"served_entities[{e.name}]", None, after_view, Impact.REPLACE)
+            )
+            continue
+        assert r is not None
+        before_view = _entity_view(old, r.models.get(e.name))
+        for key, after_value in after_view.items():
+            before_value = before_view[key]
+            if before_value == after_value:
+                continue
+            if key in _REPLACE_FIELDS:
+                impact = Impact.REPLACE
+            elif key in _SCALE_FIELDS:
+                impact = Impact.SCALE
+            else:
+                impact = Impact.LIVE
+            out.append(
+                FieldChange(f"served_entities[{e.name}].{key}", before_value, after_value, impact)
+            )
+    for name, old in before_entities.items():
+        if all(e.name != name for e in d.spec.entities):
+            assert r is not None
+            out.append(
+                FieldChange(
+                    f"served_entities[{name}]",
+                    _entity_view(old, r.models.get(name)),
+                    None,
+                    Impact.REPLACE,
+                )
+            )
+    before_routes = _routes_view(before_spec.routes) if before_spec else {}
+    after_routes = _routes_view(d.spec.routes)
+    if before_spec is not None and before_routes != after_routes:
+        out.append(FieldChange("traffic_config.routes", before_routes, after_routes, Impact.LIVE))
+    if before_spec is not None and dict(before_spec.tags) != dict(d.spec.tags):
+        out.append(FieldChange("tags", dict(before_spec.tags), dict(d.spec.tags), Impact.LIVE))
+    if before_spec is not None and dict(before_spec.extra) != dict(d.spec.extra):
+        for key in sorted(set(before_spec.extra) | set(d.spec.extra)):
+            b, a = before_spec.extra.get(key), d.spec.extra.get(key)
+            if b != a:
+                out.append(FieldChange(key, b, a, Impact.LIVE))
+    return tuple(out)
+
+
+def _routes_view(routes: Iterable[Route]) -> dict[str, int]:
+    return {r.served_entity_name: r.traffic_percentage for r in routes}

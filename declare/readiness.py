@@ -1,0 +1,72 @@
+"""Readiness of a replica, proven by a real prediction over HTTP on loopback.
+
+A replica is ready when `POST {url}/invocations` with the model's serving input example
+answers 200 (when the model has no example: when `GET {url}/ping` answers 200). Fails fast,
+with the replica's log tail, when the provider reports the replica dead, when the replica
+answers the example with an error three times in a row, or at the deadline. Provider-agnostic:
+liveness and logs come from the provider through two callables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from declare.errors import ReplicaFailedError
+from declare.model import ReplicaHandle
+
+
+def await_ready(
+    handle: ReplicaHandle,
+    example: tuple[str, bytes] | None,
+    is_alive: Callable[[], tuple[bool, str]],
+    log_tail: Callable[[], str],
+    timeout_seconds: float,
+    poll_seconds: float = 0.25,
+) -> float:
+    """Block until the replica answers; return the seconds it took. Raise ReplicaFailedError."""
+    started = time.monotonic()
+    deadline = started + timeout_seconds
+    bad_answers = 0
+    last = "no answer yet"
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0)) as client:
+        while True:
+            alive, reason = is_alive()
+            if not alive:
+                raise ReplicaFailedError(
+                    f"replica {handle.id} ({handle.entity}) exited before it was ready"
+                    f"{': ' + reason if reason else ''}\n{_tail(log_tail())}"
+                )
+            try:
+                if example is None:
+                    resp = client.get(f"{handle.url}/ping")
+                else:
+                    ctype, body = example
+                    resp = client.post(
+                        f"{handle.url}/invocations", content=body, headers={"Content-Type": ctype}
+                    )
+                if resp.status_code == 200:
+                    return time.monotonic() - started
+                bad_answers += 1
+                last = f"HTTP {resp.status_code}: {resp.text[:500]}"
+                if bad_answers >= 3:
+                    raise ReplicaFailedError(
+                        f"replica {handle.id} ({handle.entity}) answers its input example with "
+                        f"an error: {last}\n{_tail(log_tail())}"
+                    )
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}"
+            if time.monotonic() >= deadline:
+                raise ReplicaFailedError(
+                    f"replica {handle.id} ({handle.entity}) not ready after "
+                    f"{timeout_seconds:.0f} s (last: {last})\n{_tail(log_tail())}"
+                )
+            time.sleep(poll_seconds)
+
+
+def _tail(text: str) -> str:
+    if not text.strip():
+        return "  (its log is empty)"
+    return "  last lines of its log:\n" + "\n".join(f"    {line}" for line in text.splitlines())

@@ -1,0 +1,112 @@
+"""Derive the gateway's routing table, and the Databricks-shaped endpoint views, from state.
+
+Pure functions of `State`: the routing table declare pushes is always computed from what the
+state records (which replicas are in rotation for which routed entity), so pushing it again
+is always safe. Also renders an endpoint in the shape of Databricks'
+`GET /api/2.0/serving-endpoints/{name}`, which the gateway serves and `declare status` prints.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
+from declare.model import EndpointSpec
+from declare.state.document import NOT_UPDATING, EndpointRecord, State
+
+
+def routing_table(state: State, version: int | None = None) -> RoutingTable:
+    endpoints: dict[str, EndpointTable] = {}
+    for name, record in sorted(state.endpoints.items()):
+        if record.spec is None or not record.routes:
+            continue  # being created (nothing routed yet) or being destroyed
+        entities = {
+            route.served_entity_name: tuple(
+                ReplicaTarget(r.id, r.handle.url)
+                for r in record.serving_replicas(route.served_entity_name)
+            )
+            for route in record.routes
+        }
+        endpoints[name] = EndpointTable(
+            name=name,
+            routes=tuple((r.served_entity_name, r.traffic_percentage) for r in record.routes),
+            entities=entities,
+            description=describe(record),
+        )
+    return RoutingTable(
+        version=version if version is not None else int(time.time() * 1000),
+        endpoints=endpoints,
+    )
+
+
+def is_ready(record: EndpointRecord) -> bool:
+    return bool(record.routes) and all(
+        record.serving_replicas(r.served_entity_name)
+        for r in record.routes
+        if r.traffic_percentage > 0
+    )
+
+
+def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[str, Any]:
+    entities = []
+    for e in spec.entities:
+        model = record.models.get(e.name)
+        in_rotation = record.serving_replicas(e.name)
+        entities.append(
+            {
+                "name": e.name,
+                "entity_name": e.entity_name or (model.name if model else None),
+                "entity_version": e.entity_version or (model.version if model else None),
+                "workload_size": e.workload_size,
+                "workload_type": e.workload_type,
+                "scale_to_zero_enabled": e.scale_to_zero_enabled,
+                "environment_vars": {k: "{{redacted}}" for k in e.environment_vars},
+                "state": {
+                    "deployment": "DEPLOYMENT_READY" if in_rotation else "DEPLOYMENT_CREATING",
+                    "deployment_state_message": f"{len(in_rotation)} replica(s) in rotation",
+                },
+            }
+        )
+    return {
+        "served_entities": entities,
+        "traffic_config": {
+            "routes": [
+                {
+                    "served_model_name": r.served_entity_name,
+                    "served_entity_name": r.served_entity_name,
+                    "traffic_percentage": r.traffic_percentage,
+                }
+                for r in spec.routes
+            ]
+        },
+        "config_version": version,
+    }
+
+
+def describe(record: EndpointRecord) -> dict[str, Any]:
+    """The endpoint as Databricks' GET /api/2.0/serving-endpoints/{name} returns it."""
+    out: dict[str, Any] = {
+        "name": record.name,
+        "id": record.name,
+        "creator": "declare",
+        "creation_timestamp": int(record.created_at * 1000),
+        "last_updated_timestamp": int(record.updated_at * 1000),
+        "state": {
+            "ready": "READY" if is_ready(record) else "NOT_READY",
+            "config_update": record.config_update,
+        },
+        "endpoint_type": "CUSTOM_MODEL",
+        "tags": [{"key": k, "value": v} for k, v in sorted((record.spec or _empty()).tags.items())],
+    }
+    if record.message and record.config_update != NOT_UPDATING:
+        out["state"]["config_update_message"] = record.message
+    if record.spec is not None:
+        out["config"] = _config(record.spec, record, record.config_version)
+    if record.pending is not None:
+        out["pending_config"] = _config(record.pending, record, record.config_version + 1)
+    return out
+
+
+def _empty() -> EndpointSpec:
+    return EndpointSpec(name="", entities=(), routes=())
