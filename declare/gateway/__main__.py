@@ -1,0 +1,165 @@
+"""Command line of the gateway process: `python -m declare.gateway --port P --admin-token-file F`.
+
+Reads the admin token file (must not be readable by group or others) and the optional
+DECLARE_GATEWAY_AUTH_TOKEN environment variable, sets up logging, and serves on uvloop until
+SIGTERM or SIGINT, then stops accepting, lets requests in flight finish (up to
+--shutdown-grace seconds) and exits 0. Exits 2 on a bad argument or token file and 3 when it
+cannot listen on the address (e.g. the port is taken).
+
+It is started by `declare.gateway.process.start_gateway`; users do not run it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
+from declare.gateway.server import Gateway, GatewayConfig
+
+log = logging.getLogger("declare.gateway")
+
+EXIT_USAGE = 2
+EXIT_LISTEN = 3
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m declare.gateway", description="declare's gateway (data plane)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--admin-token-file", type=Path, required=True)
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a connection slot to a replica (then 503)",
+    )
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for a replica's response (then 504; not retried)",
+    )
+    parser.add_argument("--pool-size", type=int, default=1024)
+    parser.add_argument("--pool-per-replica", type=int, default=256)
+    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def read_admin_token(path: Path) -> str:
+    try:
+        info = path.stat()
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise StartupError(f"cannot read the admin token file {path}: {exc}", EXIT_USAGE) from exc
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        mode = stat.S_IMODE(info.st_mode)
+        raise StartupError(
+            f"the admin token file {path} is open to other users (mode {mode:o}); "
+            "it must be mode 600",
+            EXIT_USAGE,
+        )
+    if not token:
+        raise StartupError(f"the admin token file {path} is empty", EXIT_USAGE)
+    return token
+
+
+def setup_logging(log_file: Path | None, level: str) -> None:
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def make_config(args: argparse.Namespace) -> GatewayConfig:
+    if args.max_body_bytes <= 0:
+        raise StartupError("--max-body-bytes must be positive", EXIT_USAGE)
+    if args.queue_timeout <= 0 or args.upstream_timeout <= 0:
+        raise StartupError("--queue-timeout and --upstream-timeout must be positive", EXIT_USAGE)
+    return GatewayConfig(
+        admin_token=read_admin_token(args.admin_token_file),
+        auth_token=os.environ.get(AUTH_ENV) or None,
+        max_body_bytes=args.max_body_bytes,
+        queue_timeout=args.queue_timeout,
+        upstream_timeout=args.upstream_timeout,
+        pool_size=args.pool_size,
+        pool_per_replica=args.pool_per_replica,
+    )
+
+
+async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> None:
+    gateway = Gateway(config)
+    runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=grace)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_LISTEN
+        ) from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "gateway pid %d listening on http://%s:%d (auth %s, max body %d bytes, queue timeout "
+        "%g s, upstream timeout %g s)",
+        os.getpid(),
+        host,
+        port,
+        "on" if config.auth_token else "off",
+        config.max_body_bytes,
+        config.queue_timeout,
+        config.upstream_timeout,
+    )
+    await stop.wait()
+    log.info("stopping: letting requests in flight finish (up to %g s)", grace)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_file, args.log_level)
+    try:
+        config = make_config(args)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, args.host, args.port, args.shutdown_grace))
+    except StartupError as exc:
+        log.error("%s", exc)
+        if args.log_file is not None:  # else the log already is stderr
+            print(f"declare gateway: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Starting, finding and stopping a project's gateway process.
+
+The gateway runs detached (it outlives `declare apply`). Its files sit in
+`state_dir/gateway/`: `admin-token` (mode 0600, a new random token per start), `gateway.json`
+(the record: process identity, address, settings) and `gateway.log`. The end-user auth token
+is passed through the environment only and never written to disk.
+
+Stopping signals only the recorded process, identified by PID and start time. This module
+does not push routing tables: see `declare.gateway.client`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import declare
+from declare import procs
+from declare.errors import GatewayError
+from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
+from declare.gateway.client import GatewayClient
+
+RECORD_NAME = "gateway.json"
+TOKEN_NAME = "admin-token"
+LOG_NAME = "gateway.log"
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    process: procs.ProcessId
+    host: str
+    port: int
+    log_path: Path
+    admin_token_file: Path
+    started_at: float  # unix seconds
+    max_body_bytes: int = MAX_BODY_BYTES
+    queue_timeout: float = 30.0
+    upstream_timeout: float = 300.0
+    auth: bool = False  # whether end users need a bearer token (the token is not recorded)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def admin_token(self) -> str:
+        try:
+            return self.admin_token_file.read_text().strip()
+        except OSError as exc:
+            raise GatewayError(
+                f"cannot read the gateway's admin token {self.admin_token_file}: {exc}"
+            ) from exc
+
+    def client(self, timeout: float = 10.0) -> GatewayClient:
+        return GatewayClient(self.base_url, self.admin_token(), timeout=timeout)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "process": self.process.to_json(),
+            "host": self.host,
+            "port": self.port,
+            "log_path": str(self.log_path),
+            "admin_token_file": str(self.admin_token_file),
+            "started_at": self.started_at,
+            "max_body_bytes": self.max_body_bytes,
+            "queue_timeout": self.queue_timeout,
+            "upstream_timeout": self.upstream_timeout,
+            "auth": self.auth,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GatewayRecord:
+        return cls(
+            process=procs.ProcessId.from_json(data["process"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            log_path=Path(data["log_path"]),
+            admin_token_file=Path(data["admin_token_file"]),
+            started_at=float(data["started_at"]),
+            max_body_bytes=int(data.get("max_body_bytes", MAX_BODY_BYTES)),
+            queue_timeout=float(data.get("queue_timeout", 30.0)),
+            upstream_timeout=float(data.get("upstream_timeout", 300.0)),
+            auth=bool(data.get("auth", False)),
+        )
+
+
+def gateway_dir(state_dir: Path) -> Path:
+    return state_dir / "gateway"
+
+
+def read_gateway_record(state_dir: Path) -> GatewayRecord | None:
+    """The record of the project's gateway, or None when none was started (or it was stopped)."""
+    path = gateway_dir(state_dir) / RECORD_NAME
+    try:
+        data = json.loads(path.read_text())
+        return GatewayRecord.from_json(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GatewayError(
+            f"the gateway record {path} is unreadable ({exc}); stop the gateway process by "
+            "hand if one runs, then delete the file"
+        ) from exc
+
+
+def _health(host: str, port: int) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"http://{host}:{port}/_declare/health", timeout=1.0, trust_env=False)
+        data = response.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "pid" in data else None
+
+
+def gateway_running(record: GatewayRecord) -> bool:
+    """True when the recorded process is alive (same PID and start time) and answers health."""
+    if not procs.is_running(record.process):
+        return False
+    health = _health(record.host, record.port)
+    return health is not None and health.get("pid") == record.process.pid
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _write_record(path: Path, record: GatewayRecord) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record.to_json(), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _log_since(path: Path, offset: int, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_gateway(
+    state_dir: Path,
+    host: str,
+    port: int,
+    auth_token: str | None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    queue_timeout: float = 30.0,
+    upstream_timeout: float = 300.0,
+    startup_timeout: float = 20.0,
+) -> GatewayRecord:
+    """Start the project's gateway, wait until it answers, record it and return the record.
+
+    Raises GatewayError when a gateway of this project already runs, when the port is taken
+    by another program, or when the process exits or stays silent at start-up (with the tail
+    of its log).
+    """
+    directory = gateway_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = read_gateway_record(state_dir)
+    if existing is not None and gateway_running(existing):
+        raise GatewayError(
+            f"the project's gateway already runs (pid {existing.process.pid}, "
+            f"{existing.base_url}); stop it first"
+        )
+    if procs.port_open(host, port):
+        other = _health(host, port)
+        owner = f"another declare gateway (pid {other['pid']})" if other else "another program"
+        raise GatewayError(
+            f"cannot start the gateway on {host}:{port}: the port is taken by {owner}; "
+            "choose another gateway port"
+        )
+    token_file = directory / TOKEN_NAME
+    _write_private(token_file, secrets.token_urlsafe(32))
+    log_path = directory / LOG_NAME
+    env = procs.venv_path_env(os.environ)
+    env.pop(AUTH_ENV, None)
+    if auth_token:
+        env[AUTH_ENV] = auth_token
+    # Make the running declare importable even when it is not installed (a source checkout).
+    source_root = str(Path(declare.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH", "")) if p)
+    argv = [
+        sys.executable,
+        "-m",
+        "declare.gateway",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--admin-token-file",
+        str(token_file),
+        "--max-body-bytes",
+        str(max_body_bytes),
+        "--queue-timeout",
+        str(queue_timeout),
+        "--upstream-timeout",
+        str(upstream_timeout),
+    ]
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    try:
+        proc = procs.start_detached(argv, log_path, env, cwd=directory)
+    except OSError as exc:
+        raise GatewayError(f"cannot start the gateway process: {exc}") from exc
+    deadline = time.monotonic() + startup_timeout
+    while True:
+        if not procs.is_running(proc):
+            raise GatewayError(
+                f"the gateway exited at start-up ({log_path}):\n{_log_since(log_path, offset)}"
+            )
+        health = _health(host, port)
+        if health is not None and health.get("pid") == proc.pid:
+            break
+        if time.monotonic() > deadline:
+            procs.stop(proc, grace_seconds=2.0)
+            raise GatewayError(
+                f"the gateway did not answer on {host}:{port} within {startup_timeout:g} s "
+                f"({log_path}):\n{_log_since(log_path, offset)}"
+            )
+        time.sleep(0.05)
+    record = GatewayRecord(
+        process=proc,
+        host=host,
+        port=port,
+        log_path=log_path,
+        admin_token_file=token_file,
+        started_at=time.time(),
+        max_body_bytes=max_body_bytes,
+        queue_timeout=queue_timeout,
+        upstream_timeout=upstream_timeout,
+        auth=bool(auth_token),
+    )
+    _write_record(directory / RECORD_NAME, record)
+    return record
+
+
+def stop_gateway(state_dir: Path, grace_seconds: float = 30.0) -> bool:
+    """Stop the recorded gateway (by PID and start time only) and forget it.
+
+    Requests in flight may finish within `grace_seconds`. Returns True when a running gateway
+    was stopped, False when none ran. The log is kept.
+    """
+    record = read_gateway_record(state_dir)
+    if record is None:
+        return False
+    was_running = procs.is_running(record.process)
+    procs.stop(record.process, grace_seconds=grace_seconds)
+    directory = gateway_dir(state_dir)
+    for name in (RECORD_NAME, TOKEN_NAME):
+        (directory / name).unlink(missing_ok=True)
+    return was_running
