@@ -42,9 +42,7 @@ def test_traffic_only_change_restarts_nothing() -> None:
     (change,) = diff([desired(("1", 90), ("2", 10))], state, actual, "gw")
     assert change.kind is Change.UPDATE
     assert not change.starts and not change.stops
-    assert [(f.path, f.impact) for f in change.fields] == [
-        ("traffic_config.routes", Impact.LIVE)
-    ]
+    assert [(f.path, f.impact) for f in change.fields] == [("traffic_config.routes", Impact.LIVE)]
 
 
 def test_scale_up_adds_replicas_of_the_same_generation() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_version_change_orders_start_ready_switch_drain_stop() -> None:
         "endpoint.iris.replica[iris-iris-1-0].stop",
     ]
     g = plan.graph()
-    for before, after in zip(ids, ids[1:], strict=False):
+    for before, after in itertools.pairwise(ids):
         assert nx.has_path(g, before, after), (before, after)
 
 

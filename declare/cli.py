@@ -1,0 +1,430 @@
+"""The `declare` command line (Typer): one function per subcommand, one error handler.
+
+Commands read like Terraform's: validate, plan, apply, destroy, show, status, state list,
+state show, force-unlock, logs. Every command takes the project folder as an optional last
+argument (default: the current folder). Errors a user can cause are `DeclareError`s, printed
+without a traceback; `main()` maps them to exit codes in one place:
+0 success (plan: no changes), 1 error, 2 changes present (plan --detailed-exitcode).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from declare import __version__
+from declare.diff import Change
+from declare.errors import ApplyFailedError, ConfigError, DeclareError, ManifestError
+from declare.plan import Plan, render_human, render_json
+from declare.project import Project, open_project
+from declare.state.document import State
+
+app = typer.Typer(
+    help="declare: Terraform-style deployment of ML model serving endpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+state_app = typer.Typer(help="Read the recorded state.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
+
+DirArg = Annotated[
+    Path, typer.Argument(help="Project folder (default: the current folder).", show_default=False)
+]
+LockTimeout = Annotated[
+    str,
+    typer.Option(
+        "--lock-timeout",
+        help="How long to wait for the state lock: 0s, 30s, 5m.",
+        metavar="DURATION",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise ConfigError(f"--lock-timeout: {text!r} is not a duration such as 0s, 30s, 5m or 1h")
+    value = float(m[1])
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]
+
+
+# -- validate -----------------------------------------------------------------------------
+
+
+@app.command()
+def validate(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
+    """Check the manifests and declare.yaml against the schema (no registry, no state)."""
+    try:
+        project = open_project(project_dir)
+        specs = project.load_specs()
+    except ManifestError as exc:
+        if as_json:
+            _echo(json.dumps(_diagnostics(exc), indent=2))
+            raise typer.Exit(1) from None
+        raise
+    if as_json:
+        _echo(json.dumps({"valid": True, "error_count": 0, "diagnostics": []}, indent=2))
+        return
+    names = ", ".join(s.name for s in specs) or "none"
+    _echo(f"Success! The configuration is valid: {len(specs)} endpoint(s) ({names}).")
+
+
+def _diagnostics(exc: ManifestError) -> dict[str, Any]:
+    return {
+        "valid": False,
+        "error_count": len(exc.problems),
+        "diagnostics": [
+            {
+                "severity": "error",
+                "file": p.location.file,
+                "line": p.location.line,
+                "field": p.location.field,
+                "message": p.message,
+            }
+            for p in exc.problems
+        ],
+    }
+
+
+# -- plan / apply / destroy --------------------------------------------------------------
+
+
+def _make_plan(project: Project, state: State, destroy: bool) -> Plan:
+    specs = () if destroy else project.load_specs()
+    project.check_providers(specs)
+    desired = project.resolve(specs)
+    return project.plan(state, desired, destroy=destroy)
+
+
+@app.command()
+def plan(
+    project_dir: DirArg = Path("."),
+    as_json: JsonOpt = False,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 0: no changes, 1: error, 2: changes."),
+    ] = False,
+    destroy: Annotated[
+        bool, typer.Option("--destroy", help="Plan to destroy every endpoint.")
+    ] = False,
+    lock_timeout: LockTimeout = "0s",
+) -> None:
+    """Show what apply would do: compare manifests, recorded state and what really runs."""
+    project = open_project(project_dir)
+    with project.backend.locked("plan", parse_duration(lock_timeout)):
+        state = project.read_state()
+        the_plan = _make_plan(project, state, destroy)
+    if as_json:
+        _echo(json.dumps(render_json(the_plan), indent=2, sort_keys=False))
+    else:
+        _echo(render_human(the_plan))
+    if detailed_exitcode and the_plan.has_changes:
+        raise typer.Exit(2)
+
+
+def _confirm(auto_approve: bool, what: str) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{what} needs confirmation, and there is no terminal to ask: "
+            "pass --auto-approve to approve non-interactively"
+        )
+    _echo(f"Do you want to perform these actions? declare will {what}.")
+    answer = typer.prompt("Only 'yes' will be accepted to approve", default="", show_default=False)
+    if answer.strip() != "yes":
+        _echo("Apply cancelled.")
+        raise typer.Exit(1)
+
+
+def _run_apply(
+    project_dir: Path, auto_approve: bool, parallelism: int, lock_timeout: str, destroy: bool
+) -> None:
+    if parallelism < 1:
+        raise ConfigError("--parallelism must be at least 1")
+    started = time.monotonic()
+    project = open_project(project_dir)
+    operation = "destroy" if destroy else "apply"
+    with project.backend.locked(operation, parse_duration(lock_timeout)):
+        state = project.read_state()
+        the_plan = _make_plan(project, state, destroy)
+        _echo(render_human(the_plan))
+        if not the_plan.has_changes:
+            _print_urls(project, project.read_state())
+            return
+        _confirm(auto_approve, "destroy every endpoint" if destroy else "apply this plan")
+        from declare.apply import Executor
+
+        executor = Executor(project, the_plan, state, _echo, parallelism)
+        result = executor.run()
+        final = executor.state
+    _echo("")
+    for err in result.global_errors:
+        _err(f"Error: {err}")
+    for outcome in result.endpoints:
+        if not outcome.ok:
+            _err(f"Error: endpoint.{outcome.name}: {outcome.error}")
+            if outcome.change is not Change.DELETE:
+                _err(
+                    f"  endpoint {outcome.name} records UPDATE_FAILED; what ran before keeps "
+                    "serving."
+                )
+    counts = {"add": 0, "change": 0, "destroy": 0}
+    for outcome in result.endpoints:
+        if outcome.ok:
+            key = {"create": "add", "update": "change", "delete": "destroy"}[outcome.change.value]
+            counts[key] += 1
+    word = "Destroy" if destroy else "Apply"
+    elapsed = time.monotonic() - started
+    if result.ok:
+        _echo(
+            f"{word} complete! Endpoints: {counts['add']} added, {counts['change']} changed, "
+            f"{counts['destroy']} destroyed. ({elapsed:.1f}s)"
+        )
+        _print_urls(project, final)
+        return
+    _err(
+        f"{word} failed. Endpoints: {counts['add']} added, {counts['change']} changed, "
+        f"{counts['destroy']} destroyed; {sum(not o.ok for o in result.endpoints)} failed."
+    )
+    raise ApplyFailedError(f"{word.lower()} failed")
+
+
+def _print_urls(project: Project, state: State) -> None:
+    if not state.endpoints:
+        return
+    _echo("")
+    _echo("Invocation URLs:")
+    for name in sorted(state.endpoints):
+        _echo(f"  {name} = {project.invocation_url(name)}")
+
+
+@app.command()
+def apply(
+    project_dir: DirArg = Path("."),
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Skip the confirmation prompt.")
+    ] = False,
+    parallelism: Annotated[int, typer.Option("--parallelism", help="Actions run at once.")] = 10,
+    lock_timeout: LockTimeout = "0s",
+) -> None:
+    """Plan, ask for confirmation, and carry the plan out with no dropped request."""
+    _run_apply(project_dir, auto_approve, parallelism, lock_timeout, destroy=False)
+
+
+@app.command()
+def destroy(
+    project_dir: DirArg = Path("."),
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Skip the confirmation prompt.")
+    ] = False,
+    parallelism: Annotated[int, typer.Option("--parallelism", help="Actions run at once.")] = 10,
+    lock_timeout: LockTimeout = "0s",
+) -> None:
+    """Stop every endpoint, replica and the gateway of the project."""
+    _run_apply(project_dir, auto_approve, parallelism, lock_timeout, destroy=True)
+
+
+# -- show / status / state / logs --------------------------------------------------------
+
+
+@app.command()
+def show(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
+    """Show the recorded state."""
+    project = open_project(project_dir)
+    state = project.read_state()
+    if as_json:
+        _echo(json.dumps(state.to_json(), indent=2))
+        return
+    if not state.endpoints:
+        _echo("The state is empty: no endpoint has been applied.")
+        return
+    _echo(f"# state serial {state.serial}, lineage {state.lineage}")
+    for name, ep in sorted(state.endpoints.items()):
+        _echo(f'endpoint "{name}" ({ep.provider}): {ep.config_update}, config v{ep.config_version}')
+        if ep.message:
+            _echo(f"  message: {ep.message.splitlines()[0]}")
+        for r in ep.routes:
+            model = ep.models.get(r.served_entity_name)
+            desc = model.describe() if model else "?"
+            _echo(f"  route {r.served_entity_name} {r.traffic_percentage}% -> {desc}")
+        for rep in ep.replicas:
+            flag = "in rotation" if rep.ready and not rep.retired else "not in rotation"
+            _echo(f"  replica {rep.id} [{rep.entity}] {rep.handle.url} ({flag})")
+        _echo(f"  url: {project.invocation_url(name)}")
+
+
+@app.command()
+def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
+    """Live status of each endpoint, as the gateway serves it (Databricks shape)."""
+    from declare.provider import Liveness
+    from declare.routing import describe
+
+    project = open_project(project_dir)
+    state = project.read_state()
+    client = project.gateway_client()
+    gateway = "running" if client is not None else "not running"
+    out = []
+    for name, ep in sorted(state.endpoints.items()):
+        desc = describe(ep)
+        alive = 0
+        for rep in ep.replicas:
+            s = project.provider(rep.handle.provider).status(rep.handle)
+            alive += s.liveness is Liveness.ALIVE
+        desc["declare"] = {
+            "invocation_url": project.invocation_url(name),
+            "replicas_alive": alive,
+            "replicas_recorded": len(ep.replicas),
+            "message": ep.message,
+        }
+        out.append(desc)
+    if as_json:
+        _echo(json.dumps({"gateway": gateway, "endpoints": out}, indent=2))
+        return
+    _echo(f"gateway: {gateway} on {project.config.gateway_host}:{project.config.gateway_port}")
+    if not out:
+        _echo("no endpoints")
+    for d in out:
+        extra = d["declare"]
+        _echo(
+            f"{d['name']}: {d['state']['ready']}, {d['state']['config_update']}, "
+            f"{extra['replicas_alive']}/{extra['replicas_recorded']} replicas alive, "
+            f"{extra['invocation_url']}"
+        )
+        if extra["message"]:
+            _echo(f"  {extra['message'].splitlines()[0]}")
+
+
+@state_app.command("list")
+def state_list(project_dir: DirArg = Path(".")) -> None:
+    """List the addresses of everything in the recorded state."""
+    state = open_project(project_dir).read_state()
+    if state.gateway:
+        _echo("gateway")
+    for name, ep in sorted(state.endpoints.items()):
+        _echo(f"endpoint.{name}")
+        for rep in ep.replicas:
+            _echo(f"endpoint.{name}.replica[{rep.id}]")
+
+
+@state_app.command("show")
+def state_show(
+    address: Annotated[str, typer.Argument(help="An address from `declare state list`.")],
+    project_dir: DirArg = Path("."),
+) -> None:
+    """Show one item of the recorded state as JSON."""
+    state = open_project(project_dir).read_state()
+    doc = state.to_json()
+    if address == "gateway" and doc["gateway"]:
+        _echo(json.dumps(doc["gateway"], indent=2))
+        return
+    m = re.fullmatch(r"endpoint\.([^.\[]+)(?:\.replica\[([^\]]+)\])?", address)
+    if m and m[1] in doc["endpoints"]:
+        ep = doc["endpoints"][m[1]]
+        if m[2] is None:
+            _echo(json.dumps(ep, indent=2))
+            return
+        for rep in ep["replicas"]:
+            if rep["handle"]["id"] == m[2]:
+                _echo(json.dumps(rep, indent=2))
+                return
+    raise ConfigError(f"no {address!r} in the state; see `declare state list`")
+
+
+@app.command("force-unlock")
+def force_unlock(
+    lock_id: Annotated[str, typer.Argument(help="The lock ID that the lock error printed.")],
+    project_dir: DirArg = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a stuck state lock. Only when you know its holder is gone."""
+    project = open_project(project_dir)
+    if not force:
+        _confirm(False, f"remove the state lock {lock_id}")
+    project.backend.force_unlock(lock_id)
+    _echo(f"declare state has been successfully unlocked (lock {lock_id}).")
+
+
+@app.command()
+def logs(
+    endpoint: Annotated[str, typer.Argument(help="Endpoint name.")],
+    entity: Annotated[str | None, typer.Argument(help="Served entity name (default: all).")] = None,
+    project_dir: Annotated[Path, typer.Option("--project", "-C", help="Project folder.")] = Path(
+        "."
+    ),
+    tail: Annotated[int, typer.Option("--tail", help="Lines per replica.")] = 50,
+) -> None:
+    """Show the logs of an endpoint's replicas."""
+    project = open_project(project_dir)
+    state = project.read_state()
+    ep = state.endpoints.get(endpoint)
+    if ep is None:
+        known = ", ".join(sorted(state.endpoints)) or "none"
+        raise ConfigError(f"no endpoint {endpoint!r} in the state; endpoints: {known}")
+    replicas = [r for r in ep.replicas if entity is None or r.entity == entity]
+    if not replicas:
+        raise ConfigError(f"endpoint {endpoint!r} has no replica of {entity!r}")
+    for rep in replicas:
+        _echo(f"==> {rep.id} ({rep.entity}) <==")
+        _echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        _echo(f"declare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
+    ] = False,
+) -> None:
+    """declare: Terraform-style deployment of ML model serving endpoints."""
+
+
+def main() -> None:
+    """Entry point: run the app; map user errors to messages and exit codes."""
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except DeclareError as exc:
+        _err(f"Error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("Interrupted.")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            _err("Aborted.")
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

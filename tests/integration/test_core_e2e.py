@@ -1,0 +1,237 @@
+"""The core path end to end, as a user runs it: the `declare` CLI in a child process, a real
+MLflow registry, real replica processes, the real gateway, real HTTP on 127.0.0.1.
+
+One project walks through: plan (exit 2) -> apply -> predict -> plan (exit 0) -> version
+change under continuous requests (none may fail) -> a version that cannot load (old one
+keeps serving, UPDATE_FAILED, exit 1) -> a replica killed out of band (drift, repaired) ->
+destroy (no process left).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from declare import procs
+from tests.integration.conftest import MlflowProject
+
+IRIS_ROW = {
+    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
+    "data": [[5.1, 3.5, 1.4, 0.2]],
+}
+
+
+def manifest(entity: str, version: str) -> str:
+    return f"""\
+name: iris
+config:
+  served_entities:
+    - entity_name: {entity}
+      entity_version: "{version}"
+      workload_size: Small
+  traffic_config:
+    routes:
+      - served_model_name: {entity}-{version}
+        traffic_percentage: 100
+"""
+
+
+class Project:
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.port = port
+
+    def declare(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        return subprocess.run(
+            [sys.executable, "-m", "declare", *args, str(self.folder)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/serving-endpoints/iris/invocations"
+
+    def predict(self) -> httpx.Response:
+        return httpx.post(self.url, json={"dataframe_split": IRIS_ROW}, timeout=30)
+
+    def state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.folder / "state" / "declare.tfstate.json").read_text()
+        )
+        return data
+
+    def recorded_pids(self) -> list[procs.ProcessId]:
+        out = []
+        for ep in self.state()["endpoints"].values():
+            for rep in ep["replicas"]:
+                out.append(procs.ProcessId.from_json(rep["handle"]["data"]))
+        return out
+
+
+@pytest.fixture
+def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[Project]:
+    port = procs.free_port()
+    (tmp_path / "declare.yaml").write_text(
+        f"mlflow:\n  tracking_uri: {mlflow_project.tracking_uri}\n"
+        f"gateway:\n  port: {port}\n"
+        "timeouts:\n  ready_seconds: 120\n"
+    )
+    (tmp_path / "iris.yaml").write_text(manifest("iris", "1"))
+    p = Project(tmp_path, port)
+    yield p
+    # Leave nothing behind even when an assertion failed midway.
+    p.declare("destroy", "--auto-approve")
+
+
+class Load:
+    """Continuous requests from a few threads, bounded in count and time."""
+
+    def __init__(self, url: str, threads: int = 4, max_requests: int = 20_000) -> None:
+        self.url = url
+        self.results: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._budget = max_requests
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 240
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                with self._lock:
+                    if self._budget <= 0:
+                        return
+                    self._budget -= 1
+                try:
+                    r = client.post(self.url, json={"dataframe_split": IRIS_ROW})
+                    key = str(r.status_code)
+                    with self._lock:
+                        self.served[r.headers.get("served-model-name", "?")] += 1
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                with self._lock:
+                    self.results[key] += 1
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    @property
+    def sent(self) -> int:
+        return sum(self.results.values())
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.results["200"]
+
+
+def test_core_lifecycle(project: Project) -> None:
+    # -- plan before apply: changes present
+    plan = project.declare("plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "endpoint.iris will be created" in plan.stdout
+    assert "iris v1" in plan.stdout
+
+    # -- apply, then a real prediction through the gateway
+    t0 = time.monotonic()
+    applied = project.declare("apply", "--auto-approve")
+    apply_seconds = time.monotonic() - t0
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert project.url in applied.stdout
+    r = project.predict()
+    assert r.status_code == 200 and r.headers["served-model-name"] == "iris-1"
+    assert "predictions" in r.json()
+    print(f"\napply of one endpoint (cold): {apply_seconds:.1f}s")
+
+    # -- right after apply: no changes
+    again = project.declare("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "No changes." in again.stdout
+
+    # -- version change under continuous requests: none fails
+    (project.folder / "iris.yaml").write_text(manifest("iris", "2"))
+    old_pids = project.recorded_pids()
+    with Load(project.url) as load:
+        time.sleep(1.0)  # traffic flows before the change starts
+        t0 = time.monotonic()
+        changed = project.declare("apply", "--auto-approve")
+        change_seconds = time.monotonic() - t0
+        time.sleep(1.0)  # and after it ends
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    print(
+        f"version change: {change_seconds:.1f}s, {load.sent} requests, {load.failed} failed, "
+        f"served {dict(load.served)}"
+    )
+    assert load.failed == 0, load.results
+    assert load.served["iris-1"] > 0 and load.served["iris-2"] > 0
+    assert project.predict().headers["served-model-name"] == "iris-2"
+    assert not any(procs.is_running(p) for p in old_pids), "old replica still running"
+
+    # -- a version whose model cannot load: old keeps serving, UPDATE_FAILED, exit 1
+    (project.folder / "iris.yaml").write_text(manifest("broken", "1"))
+    with Load(project.url, threads=2) as load:
+        failed = project.declare("apply", "--auto-approve")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "model cannot load" in failed.stderr + failed.stdout
+    assert load.failed == 0, load.results
+    assert project.predict().headers["served-model-name"] == "iris-2"
+    ep = project.state()["endpoints"]["iris"]
+    assert ep["status"]["config_update"] == "UPDATE_FAILED"
+    assert "model cannot load" in ep["status"]["message"]
+    assert [r["served_entity_name"] for r in ep["routes"]] == ["iris-2"]
+    assert len(ep["replicas"]) == 1  # the broken replica was cleaned up
+    mgmt = httpx.get(f"http://127.0.0.1:{project.port}/api/2.0/serving-endpoints/iris").json()
+    assert mgmt["state"]["config_update"] == "UPDATE_FAILED"
+    assert mgmt["state"]["ready"] == "READY"
+    # The manifest still asks for it, so the next plan proposes it again.
+    assert project.declare("plan", "--detailed-exitcode").returncode == 2
+
+    # -- a replica killed out of band: drift in plan, repaired by apply
+    (project.folder / "iris.yaml").write_text(manifest("iris", "2"))
+    (victim,) = project.recorded_pids()
+    os.killpg(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while procs.is_running(victim) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    drift = project.declare("plan", "--detailed-exitcode")
+    assert drift.returncode == 2
+    assert "drift" in drift.stdout and "not running" in drift.stdout
+    repaired = project.declare("apply", "--auto-approve")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert project.predict().status_code == 200
+    assert project.declare("plan", "--detailed-exitcode").returncode == 0
+
+    # -- destroy: no process left, state empty
+    pids = project.recorded_pids()
+    gateway = procs.ProcessId.from_json(
+        json.loads((project.folder / "state" / "gateway" / "gateway.json").read_text())["process"]
+    )
+    destroyed = project.declare("destroy", "--auto-approve")
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    assert not any(procs.is_running(p) for p in [*pids, gateway])
+    assert project.state()["endpoints"] == {}
+    with pytest.raises(httpx.ConnectError):
+        project.predict()
