@@ -1,0 +1,216 @@
+"""Project settings: declare.yaml (optional), the environment, and defaults, in that order.
+
+`load_config(project_dir, environ)` reads `<project_dir>/declare.yaml` when it exists,
+validates it against schemas/project.schema.json (problems are located and raised together
+as one `ManifestError`) and returns an immutable `ProjectConfig`:
+
+    project_name        `project:` or the folder name ('-' for characters a label cannot hold)
+    tracking_uri        mlflow.tracking_uri > MLFLOW_TRACKING_URI > sqlite:///<project>/mlflow.db
+    registry_uri        mlflow.registry_uri > mlflow.tracking_uri > MLFLOW_REGISTRY_URI
+                        > tracking_uri.  A declare.yaml that pins its tracking store keeps
+                        the registry there too: stray shell variables do not split them.
+    state_dir           state.path (default `state`), relative to the project
+    gateway_*           host (loopback only, default 127.0.0.1), port 8787, auth token env var
+                        name (none), max body 16 MiB, queue timeout 30 s
+    default_provider    local;  providers: raw per-provider settings
+    ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
+
+Relative paths and relative sqlite URIs in declare.yaml are relative to the project folder;
+relative ones in the environment to the current directory (as MLflow itself reads them). All
+of them come out absolute.
+
+Does not contact MLflow, check providers, or read manifests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from declare.errors import ConfigError, LocatedError, ManifestError
+from declare.manifests import (
+    CONFIG_FILE,
+    DEFAULT_INCLUDE,
+    PROJECT_SCHEMA,
+    Document,
+    read_documents,
+    schema_problems,
+    sort_problems,
+)
+
+DEFAULT_GATEWAY_HOST = "127.0.0.1"
+DEFAULT_GATEWAY_PORT = 8787
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
+DEFAULT_READY_TIMEOUT_SECONDS = 180.0
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
+DEFAULT_PROVIDER = "local"
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Every setting of one project, resolved (absolute paths, defaults applied)."""
+
+    project_dir: Path
+    project_name: str
+    tracking_uri: str
+    registry_uri: str
+    state_dir: Path
+    gateway_host: str = DEFAULT_GATEWAY_HOST
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    gateway_auth_token_env: str | None = None
+    gateway_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    gateway_queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
+    default_provider: str = DEFAULT_PROVIDER
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
+    drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    manifest_include: tuple[str, ...] = DEFAULT_INCLUDE
+    manifest_exclude: tuple[str, ...] = ()
+    config_file: Path | None = None  # declare.yaml when the project has one
+
+    def provider_settings(self, name: str) -> Mapping[str, Any]:
+        """declare.yaml `providers.<name>`, or an empty mapping."""
+        return self.providers.get(name, {})
+
+    def gateway_auth_token(self, environ: Mapping[str, str]) -> str | None:
+        """The gateway's bearer token from the named environment variable, if one is named."""
+        if self.gateway_auth_token_env is None:
+            return None
+        token = environ.get(self.gateway_auth_token_env, "")
+        if not token:
+            raise ConfigError(
+                f"gateway.auth_token_env names {self.gateway_auth_token_env}, "
+                "but that environment variable is not set or empty"
+            )
+        return token
+
+
+def _absolute_uri(uri: str, base: Path) -> str:
+    """Make a relative sqlite path, file: path or plain path absolute against `base`."""
+    if uri.startswith("sqlite:///"):
+        rest, sep, query = uri[len("sqlite:///") :].partition("?")
+        if rest and rest != ":memory:" and not rest.startswith("/"):
+            return f"sqlite:///{(base / rest).resolve()}{sep}{query}"
+        return uri
+    if uri.startswith("file:"):
+        rest = uri[len("file:") :]
+        if rest and not rest.startswith("/"):
+            return f"file://{(base / rest).resolve()}"
+        return uri
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        return uri  # another scheme (http, databricks, postgresql, ...): as it is
+    return str((base / uri).resolve())
+
+
+def _folder_name(project_dir: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", project_dir.name).lstrip(".-_") or "project"
+    return name[:63]
+
+
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _read_config_file(path: Path) -> tuple[Document | None, list[LocatedError]]:
+    documents, problems = read_documents(path, CONFIG_FILE)
+    if problems:
+        return None, problems
+    if not documents:
+        return None, []
+    if len(documents) > 1:
+        extra = documents[1]
+        return None, [extra.problem((), "declare.yaml must hold one document")]
+    return documents[0], []
+
+
+def _check(document: Document) -> list[LocatedError]:
+    if not isinstance(document.value, dict):
+        return [document.problem((), "declare.yaml must be a mapping of settings")]
+    problems = schema_problems(document, PROJECT_SCHEMA)
+    host = _section(document.value, "gateway").get("host")
+    if isinstance(host, str) and not _is_loopback(host):
+        problems.append(
+            document.problem(
+                ("gateway", "host"),
+                f"must be a loopback address (127.0.0.1, ::1 or localhost), got {host!r}; "
+                "the gateway is not meant to face a network",
+            )
+        )
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
+    """The settings of the project in `project_dir` (see the module docstring)."""
+    project_dir = Path(project_dir).resolve()
+    if not project_dir.is_dir():
+        raise ConfigError(f"project folder {project_dir} does not exist or is not a folder")
+    candidate = project_dir / CONFIG_FILE
+    config_path = candidate if candidate.is_file() else None
+    data: Mapping[str, Any] = {}
+    if config_path is not None:
+        document, problems = _read_config_file(config_path)
+        if document is not None:
+            problems = _check(document)
+            data = document.value
+        if problems:
+            raise ManifestError(sort_problems(problems))
+
+    mlflow = _section(data, "mlflow")
+    cwd = Path(os.getcwd())
+    yaml_tracking = mlflow.get("tracking_uri")
+    yaml_registry = mlflow.get("registry_uri")
+    if yaml_tracking:
+        tracking = _absolute_uri(yaml_tracking, project_dir)
+    elif environ.get("MLFLOW_TRACKING_URI"):
+        tracking = _absolute_uri(environ["MLFLOW_TRACKING_URI"], cwd)
+    else:
+        tracking = f"sqlite:///{project_dir / 'mlflow.db'}"
+    if yaml_registry:
+        registry = _absolute_uri(yaml_registry, project_dir)
+    elif not yaml_tracking and environ.get("MLFLOW_REGISTRY_URI"):
+        registry = _absolute_uri(environ["MLFLOW_REGISTRY_URI"], cwd)
+    else:
+        registry = tracking
+
+    state = _section(data, "state")
+    gateway = _section(data, "gateway")
+    timeouts = _section(data, "timeouts")
+    manifests = _section(data, "manifests")
+    providers = _section(data, "providers")
+    return ProjectConfig(
+        project_dir=project_dir,
+        project_name=data.get("project") or _folder_name(project_dir),
+        tracking_uri=tracking,
+        registry_uri=registry,
+        state_dir=(project_dir / state.get("path", "state")).resolve(),
+        gateway_host=gateway.get("host", DEFAULT_GATEWAY_HOST),
+        gateway_port=int(gateway.get("port", DEFAULT_GATEWAY_PORT)),
+        gateway_auth_token_env=gateway.get("auth_token_env"),
+        gateway_max_body_bytes=int(gateway.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
+        gateway_queue_timeout_seconds=float(
+            gateway.get("queue_timeout_seconds", DEFAULT_QUEUE_TIMEOUT_SECONDS)
+        ),
+        default_provider=data.get("default_provider", DEFAULT_PROVIDER),
+        providers={name: dict(settings) for name, settings in providers.items()},
+        ready_timeout_seconds=float(timeouts.get("ready_seconds", DEFAULT_READY_TIMEOUT_SECONDS)),
+        drain_timeout_seconds=float(timeouts.get("drain_seconds", DEFAULT_DRAIN_TIMEOUT_SECONDS)),
+        manifest_include=tuple(manifests.get("include", DEFAULT_INCLUDE)),
+        manifest_exclude=tuple(manifests.get("exclude", ())),
+        config_file=config_path,
+    )
