@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from declare import __version__
+from declare.commands import register_all
 from declare.diff import Change
 from declare.errors import ApplyFailedError, ConfigError, DeclareError, ManifestError
 from declare.plan import Plan, render_human, render_json
@@ -383,6 +384,9 @@ def logs(
     for rep in replicas:
         _echo(f"==> {rep.id} ({rep.entity}) <==")
         _echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
+
+
+register_all(app, state_app)
 
 
 def _version_callback(value: bool) -> None:

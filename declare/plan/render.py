@@ -29,6 +29,16 @@ _IMPACT_NOTE = {
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, dict) and "model" in value and "workload_size" in value:
+        size = value["workload_size"]
+        n = value["replicas"]
+        text = (
+            f"{value['model']}, {size} ({WORKLOAD_CONCURRENCY.get(size, '?')} concurrent), "
+            f"{value['workload_type']}, {n} replica{'s' if n != 1 else ''}"
+        )
+        if value.get("environment_vars"):
+            text += f", env {', '.join(sorted(value['environment_vars']))}"
+        return text
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
