@@ -171,16 +171,14 @@ def _create_or_update(
         for index in range(entity.replica_count):
             if index in by_index:
                 continue
-            dead = next(
-                (x for x in same if x.index == index and x.ready and not x.retired), None
-            )
+            dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
             if r is None or r.spec is None:
                 reason = "new"
             elif dead is not None:
                 reason = f"replaces {dead.id}"
-            elif any(x.entity == entity.name for x in recorded) and r.generation(
-                entity.name
-            ) == gen:
+            elif (
+                any(x.entity == entity.name for x in recorded) and r.generation(entity.name) == gen
+            ):
                 reason = "scale up"
             else:
                 reason = "new"
@@ -282,9 +280,7 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
         after_view = _entity_view(e, d.models.get(e.name))
         old = before_entities.get(e.name)
         if old is None:
-            out.append(
-                FieldChange(f"served_entities[{e.name}]", None, after_view, Impact.REPLACE)
-            )
+            out.append(FieldChange(f"served_entities[{e.name}]", None, after_view, Impact.REPLACE))
             continue
         assert r is not None
         before_view = _entity_view(old, r.models.get(e.name))

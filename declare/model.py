@@ -202,8 +202,7 @@ class EndpointSpec:
             provider=data.get("provider", "local"),
             entities=tuple(EntitySpec.from_json(e) for e in data["served_entities"]),
             routes=tuple(
-                Route(r["served_entity_name"], int(r["traffic_percentage"]))
-                for r in data["routes"]
+                Route(r["served_entity_name"], int(r["traffic_percentage"])) for r in data["routes"]
             ),
             tags=dict(data.get("tags") or {}),
             extra=dict(data.get("extra") or {}),

@@ -10,6 +10,7 @@ Linux only (/proc). Does not know what runs in the process; callers keep their o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -122,10 +123,8 @@ def start_detached(
 
 def _reap(pid: int) -> None:
     """Collect the exit status if `pid` is our own child (in-process callers, tests)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop(proc: ProcessId, grace_seconds: float = 10.0) -> None:

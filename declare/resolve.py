@@ -168,7 +168,9 @@ class Resolver:
             }
         )
         signature = mlmodel.get("signature")
-        sig = {k: str(v) for k, v in signature.items() if v} if isinstance(signature, dict) else None
+        sig = (
+            {k: str(v) for k, v in signature.items() if v} if isinstance(signature, dict) else None
+        )
         return {"input_example": example, "env_hash": env_hash, "signature": sig or None}
 
 
@@ -227,4 +229,3 @@ def _first_line(exc: BaseException) -> str:
 def _redact(uri: str) -> str:
     """A URI without credentials (user:password@) for messages."""
     return re.sub(r"//[^/@]+@", "//***@", uri)
-
