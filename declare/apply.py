@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from declare.dag import Outcome, walk
 from declare.diff import Change
-from declare.errors import DeclareError, GatewayError
+from declare.errors import DeclareError, GatewayError, RolloutGuardError
 from declare.gateway.process import start_gateway, stop_gateway
-from declare.model import EndpointSpec, ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.model import (
+    EndpointSpec,
+    Guards,
+    ReplicaHandle,
+    ReplicaSpec,
+    ResolvedModel,
+    RolloutPolicy,
+)
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.project import Project
 from declare.provider import Liveness
 from declare.readiness import await_ready
 from declare.resolve import load_input_example
-from declare.routing import routing_table
+from declare.routing import routing_table, target_key
 from declare.state.document import (
     IN_PROGRESS,
     NOT_UPDATING,
@@ -72,7 +79,9 @@ class Executor:
         self._slots: dict[str, ReplicaHandle] = {}
         self._failed: dict[str, str] = {}  # endpoint -> first error
         self._done: dict[str, list[Action]] = {}  # endpoint -> finished actions, in order
-        self._route_snapshots: dict[str, EndpointRecord] = {}
+        self._route_snapshots: dict[str, EndpointRecord] = {}  # before the first shift
+        self._ran: dict[str, list[Action]] = {}  # endpoint -> actions begun (done or failed)
+        self._started_at: dict[str, float] = {}  # endpoint -> when its first action began
         self._begun: set[str] = set()
         self._changes = {c.name: c for c in plan.changes}
 
@@ -163,9 +172,13 @@ class Executor:
     def _run_action(self, action: Action) -> None:
         t0 = time.monotonic()
         self.print(f"{action.id}: {action.summary}...")
+        if action.endpoint is not None:
+            with self._lock:
+                self._ran.setdefault(action.endpoint, []).append(action)
         try:
             if action.endpoint is not None:
                 self._begin(action.endpoint)
+                self._check_deadline(action.endpoint)
             handler = getattr(self, f"_do_{action.kind.name.lower()}")
             handler(action)
         except Exception as exc:
@@ -184,6 +197,7 @@ class Executor:
             if name in self._begun:
                 return
             self._begun.add(name)
+            self._started_at[name] = time.monotonic()
             change = self._changes[name]
             pending = change.after.spec if change.after else None
             self._update(
@@ -212,14 +226,17 @@ class Executor:
     def _undo(self, name: str, kind: Change) -> None:
         """Reverse the endpoint's finished actions, newest first; record UPDATE_FAILED.
 
-        Once traffic was switched (set-routes finished), the new replicas are proven and
-        serving, and the old ones may already be stopped: a later failure (drain, stop)
+        Traffic goes back to what served before (the snapshot taken at the first shift or
+        switch), then the replicas this run started are stopped. Once draining or stopping
+        the old replicas has begun, they cannot take traffic back: a failure from then on
         rolls forward instead, leaving the rest to the next plan.
         """
+        ran = self._ran.get(name, [])
         done = list(reversed(self._done.get(name, [])))
-        if any(a.kind is ActionKind.SET_ROUTES for a in done):
+        if any(a.kind in (ActionKind.DRAIN, ActionKind.STOP_REPLICA) for a in ran):
             done = []
             self._failed[name] = "switched to the new config, but " + self._failed.get(name, "")
+        restored = False
         for action in done:
             try:
                 if action.kind is ActionKind.START_REPLICA:
@@ -227,9 +244,13 @@ class Executor:
                     if handle is not None:
                         self.print(f"{action.id}: undo: stopping {handle.id}")
                         self._stop_handle(name, handle)
-                elif action.kind is ActionKind.SET_ROUTES and name in self._route_snapshots:
+                elif (
+                    action.kind in (ActionKind.SET_ROUTES, ActionKind.SHIFT_TRAFFIC)
+                    and name in self._route_snapshots
+                    and not restored
+                ):
                     old = self._route_snapshots[name]
-                    self.print(f"{action.id}: undo: routing switched back")
+                    self.print(f"{action.id}: undo: all traffic back to what served before")
 
                     def restore(r: EndpointRecord, old: EndpointRecord = old) -> EndpointRecord:
                         return replace(
@@ -238,11 +259,13 @@ class Executor:
                             models=old.models,
                             routes=old.routes,
                             serving=old.serving,
+                            split=old.split,
                             replicas=_merge_flags(r.replicas, old.replicas),
                         )
 
                     self._update(name, restore)
-                    self._push_table(required=False)
+                    self._push_table(required=True)
+                    restored = True
             except Exception as exc:  # keep undoing the rest
                 self.print(f"{action.id}: undo failed: {exc}")
         message = self._failed.get(name, "")
@@ -334,7 +357,7 @@ class Executor:
         forget = set(p["forget"])
         with self._lock:
             before = self.state.endpoint(name, spec.provider)
-            self._route_snapshots[name] = before
+            self._route_snapshots.setdefault(name, before)
             after = replace(
                 before,
                 provider=spec.provider,
@@ -342,6 +365,7 @@ class Executor:
                 models=models,
                 routes=spec.routes,
                 serving=dict(p["serving"]),
+                split=(),
                 replicas=tuple(
                     replace(x, retired=True) if x.id in retire else x
                     for x in before.replicas
@@ -355,6 +379,85 @@ class Executor:
             with client:
                 client.put_table(routing_table(candidate))
             self._commit(candidate)
+
+    def _do_shift_traffic(self, action: Action) -> None:
+        name = str(action.endpoint)
+        split = tuple((str(e), str(g), int(p)) for e, g, p in action.payload["split"])
+        with self._lock:
+            before = self.state.endpoints[name]
+            self._route_snapshots.setdefault(name, before)
+            candidate = self.state.with_endpoint(replace(before, split=split))
+            client = self.project.gateway_client()
+            if client is None:
+                raise GatewayError("the gateway is not running, so traffic cannot be shifted")
+            with client:
+                client.put_table(routing_table(candidate))
+            self._commit(candidate)
+
+    def _do_bake(self, action: Action) -> None:
+        """Watch the new targets for `seconds`; a tripped guard raises (and so rolls back)."""
+        name = str(action.endpoint)
+        p = action.payload
+        guards = Guards.from_json(p["guards"])
+        seconds = float(p["seconds"])
+        watch = [(str(e), str(g)) for e, g in p["watch"]]
+        label = f"step {p['step']}/{p['of']}"
+        since = time.time()
+        deadline = time.monotonic() + seconds
+        figures: dict[str, Any] = {}
+        while True:
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._check_deadline(name)
+            figures = self._watch_figures(name, watch, since)
+            verdict = judge(guards, figures)
+            if verdict:
+                raise RolloutGuardError(f"rollout guard tripped at {label}: {verdict}")
+            if time.monotonic() >= deadline:
+                break
+        summary = "; ".join(
+            f"{key}: {f['requests']} requests, {f['errors']} errors, p99 {f['p99_ms']:.0f} ms"
+            for key, f in figures.items()
+        )
+        self.print(f"{action.id}: guards pass at {label} ({summary or 'no requests'})")
+
+    def _watch_figures(
+        self, name: str, watch: list[tuple[str, str]], since: float
+    ) -> dict[str, dict[str, Any]]:
+        """The gateway's figures since `since` for each watched (entity, generation)."""
+        client = self.project.gateway_client()
+        if client is None:
+            raise GatewayError("the gateway stopped during the bake")
+        with client:
+            metrics = client.metrics(since)
+        with self._lock:
+            traffic = self.state.endpoints[name].traffic()
+        entities = metrics.get("endpoints", {}).get(name, {}).get("entities", {})
+        out: dict[str, dict[str, Any]] = {}
+        for entity, generation in watch:
+            key = target_key(traffic, entity, generation)
+            m = entities.get(key, {})
+            out[entity] = {
+                "requests": int(m.get("requests", 0)),
+                "errors": int(m.get("errors", 0)),
+                "error_rate": float(m.get("error_rate") or 0.0),
+                "p99_ms": float(m.get("p99_ms") or 0.0),
+            }
+        return out
+
+    def _check_deadline(self, name: str) -> None:
+        change = self._changes.get(name)
+        if change is None or change.after is None:
+            return
+        policy = RolloutPolicy.from_manifest(change.after.spec.extra.get("rollout"))
+        started = self._started_at.get(name)
+        if policy.deadline_seconds is None or started is None:
+            return
+        spent = time.monotonic() - started
+        if spent > policy.deadline_seconds:
+            raise RolloutGuardError(
+                f"rollout deadline passed: {spent:.0f}s spent, deadline_seconds is "
+                f"{policy.deadline_seconds:g}"
+            )
 
     def _do_remove_routes(self, action: Action) -> None:
         name = str(action.endpoint)
@@ -391,6 +494,24 @@ class Executor:
     def _do_stop_orphan(self, action: Action) -> None:
         handle = ReplicaHandle.from_json(action.payload["handle"])
         self.project.provider(handle.provider).stop_replica(handle, grace_seconds=5.0)
+
+
+def judge(guards: Guards, figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why the figures trip a guard ('' when they do not). Judged only past min_requests."""
+    for entity, f in figures.items():
+        if f["requests"] < guards.min_requests:
+            continue
+        if guards.max_error_rate is not None and f["error_rate"] > guards.max_error_rate:
+            return (
+                f"{entity} error rate {f['error_rate']:.3f} ({f['errors']} of {f['requests']} "
+                f"requests) > max_error_rate {guards.max_error_rate:g}"
+            )
+        if guards.max_p99_latency_ms is not None and f["p99_ms"] > guards.max_p99_latency_ms:
+            return (
+                f"{entity} p99 latency {f['p99_ms']:.0f} ms over {f['requests']} requests > "
+                f"max_p99_latency_ms {guards.max_p99_latency_ms:g}"
+            )
+    return ""
 
 
 def _merge_flags(

@@ -10,13 +10,14 @@ knows nothing of providers' machinery or of the DAG (that is `declare.plan`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 from declare.gateway.table import RoutingTable
 from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel, Route
 from declare.provider import Liveness, ReplicaStatus
+from declare.routing import routing_table
 from declare.state.document import NOT_UPDATING, EndpointRecord, State, generation_of
 
 
@@ -34,7 +35,9 @@ class Change(Enum):
 class Impact(Enum):
     LIVE = "live"  # takes effect without restarting anything
     SCALE = "scale"  # replicas added or removed; the others keep serving
-    REPLACE = "replace"  # new replicas started, traffic switched, old ones drained and stopped
+    ROLLING_RESTART = "rolling restart"  # same model, new replicas replace the old ones
+    REPLACE = "replace"  # a new model: new replicas, traffic switched, old ones stopped
+    REBUILD = "rebuild"  # as replace, and the provider builds a new image first
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,14 @@ class EndpointChange:
     forgets: tuple[ReplicaHandle, ...] = ()  # dead: drop from the record
     route_push: bool = False
     drift: tuple[str, ...] = ()
+    # Replicas taking traffic before and after the change, and at most during it.
+    capacity_before: int = 0
+    capacity_after: int = 0
+    capacity_peak: int = 0
+
+    @property
+    def capacity_loss(self) -> bool:
+        return self.capacity_after < self.capacity_before
 
     @property
     def routes_before(self) -> tuple[Route, ...]:
@@ -124,10 +135,36 @@ def diff(
         r = state.endpoints.get(name)
         if d is None:
             assert r is not None
-            out.append(_delete(r, actual))
+            change = _delete(r, actual)
         else:
-            out.append(_create_or_update(d, r, actual, gateway_fresh))
+            change = _create_or_update(d, r, actual, gateway_fresh)
+        before = _capacity_now(r, actual) if r else 0
+        after = _capacity_wanted(d) if d else 0
+        out.append(
+            replace(
+                change,
+                capacity_before=before,
+                capacity_after=after,
+                capacity_peak=max(before, after, before + len(change.starts)),
+            )
+        )
     return tuple(out)
+
+
+def _capacity_now(r: EndpointRecord, actual: Actual) -> int:
+    """Replicas that take traffic now: in rotation for a target with a share, and alive."""
+    return sum(
+        1
+        for entity, generation, pct in r.traffic()
+        if pct > 0
+        for x in r.serving_replicas(entity, generation)
+        if actual.alive(x.id)
+    )
+
+
+def _capacity_wanted(d: DesiredEndpoint) -> int:
+    shares = {route.served_entity_name: route.traffic_percentage for route in d.spec.routes}
+    return sum(e.replica_count for e in d.spec.entities if shares.get(e.name, 0) > 0)
 
 
 def _delete(r: EndpointRecord, actual: Actual) -> EndpointChange:
@@ -240,22 +277,22 @@ def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
     if table is None:
         return True
     live = table.endpoints.get(r.name)
-    if live is None:
+    expected = routing_table(State(endpoints={r.name: r}), 0).endpoints.get(r.name)
+    if live is None or expected is None:
+        return live is not expected
+    if live.routes != expected.routes:
         return True
-    expected_routes = tuple((x.served_entity_name, x.traffic_percentage) for x in r.routes)
-    if live.routes != expected_routes:
-        return True
-    for route in r.routes:
-        want = sorted(x.id for x in r.serving_replicas(route.served_entity_name))
-        have = sorted(t.id for t in live.entities.get(route.served_entity_name, ()))
-        if want != have:
+    for key, replicas in expected.entities.items():
+        have = sorted(t.id for t in live.entities.get(key, ()))
+        if sorted(t.id for t in replicas) != have:
             return True
     return False
 
 
 # -- field changes ----------------------------------------------------------------------
 
-_REPLACE_FIELDS = ("model", "environment_vars", "workload_type")
+_REPLACE_FIELDS = ("model",)
+_RESTART_FIELDS = ("environment_vars", "workload_type")
 _SCALE_FIELDS = ("workload_size", "replicas")
 
 
@@ -290,6 +327,8 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
                 continue
             if key in _REPLACE_FIELDS:
                 impact = Impact.REPLACE
+            elif key in _RESTART_FIELDS:
+                impact = Impact.ROLLING_RESTART
             elif key in _SCALE_FIELDS:
                 impact = Impact.SCALE
             else:

@@ -15,6 +15,7 @@ with `error.exit_code`; anything else is a bug and is shown as one.
     ├── ProviderError                 a provider cannot do what it was asked
     │   └── ReplicaFailedError        a replica died or never answered (carries its log tail)
     ├── GatewayError                  the gateway cannot be started or reached
+    ├── RolloutGuardError             a rollout guard tripped or its deadline passed
     └── ApplyFailedError              apply finished with failed endpoints (already reported)
 
 Errors say whether retrying can help (`retryable`), in kopf's manner.
@@ -103,6 +104,10 @@ class GatewayError(DeclareError):
     """The gateway cannot be started or reached."""
 
     retryable = True
+
+
+class RolloutGuardError(DeclareError):
+    """A rollout guard tripped (with its figures) or the rollout's deadline passed."""
 
 
 class ApplyFailedError(DeclareError):

@@ -8,6 +8,7 @@ no I/O, no MLflow, no processes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -308,3 +309,105 @@ class ReplicaHandle:
             url=data["url"],
             data=dict(data.get("data") or {}),
         )
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Rollback guards, judged by the gateway's figures for the new entities over a bake."""
+
+    max_error_rate: float | None = None
+    max_p99_latency_ms: float | None = None
+    min_requests: int = 20
+
+    @property
+    def any(self) -> bool:
+        return self.max_error_rate is not None or self.max_p99_latency_ms is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_error_rate": self.max_error_rate,
+            "max_p99_latency_ms": self.max_p99_latency_ms,
+            "min_requests": self.min_requests,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Guards:
+        data = data or {}
+        return cls(
+            max_error_rate=data.get("max_error_rate"),
+            max_p99_latency_ms=data.get("max_p99_latency_ms"),
+            min_requests=int(data.get("min_requests") or 20),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a change that starts new replicas reaches 100 % of traffic (manifest `rollout:`).
+
+    `steps` are the percentages of traffic on the new config, increasing, ending at 100;
+    all_at_once is the single step (100,).
+    """
+
+    strategy: str = "all_at_once"
+    steps: tuple[int, ...] = (100,)
+    bake_seconds: float = 0.0
+    guards: Guards = field(default_factory=Guards)
+    deadline_seconds: float | None = None
+
+    @property
+    def progressive(self) -> bool:
+        return len(self.steps) > 1
+
+    @property
+    def bakes(self) -> bool:
+        return self.bake_seconds > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "steps": list(self.steps),
+            "bake_seconds": self.bake_seconds,
+            "guards": self.guards.to_json(),
+            "deadline_seconds": self.deadline_seconds,
+        }
+
+    @classmethod
+    def from_manifest(cls, raw: Mapping[str, Any] | None) -> RolloutPolicy:
+        """From the manifest's `rollout:` (already checked by the schema and `rollout_problems`)."""
+        raw = raw or {}
+        strategy = str(raw.get("strategy", "all_at_once"))
+        steps: tuple[int, ...] = (100,)
+        if strategy == "canary":
+            steps = tuple(int(x) for x in raw.get("steps") or (10, 50, 100))
+        elif strategy == "linear":
+            size = int(raw.get("step_percentage") or 25)
+            steps = (*tuple(range(size, 100, size)), 100)
+        deadline = raw.get("deadline_seconds")
+        return cls(
+            strategy=strategy,
+            steps=steps,
+            bake_seconds=float(raw.get("bake_seconds") or 0.0),
+            guards=Guards.from_json(raw.get("guards")),
+            deadline_seconds=float(deadline) if deadline is not None else None,
+        )
+
+
+def rollout_problems(raw: Any) -> list[tuple[tuple[str, ...], str]]:
+    """Checks of `rollout:` that a JSON Schema cannot say: (field path, message) pairs."""
+    if not isinstance(raw, Mapping):
+        return []
+    out: list[tuple[tuple[str, ...], str]] = []
+    strategy = raw.get("strategy", "all_at_once")
+    steps = raw.get("steps")
+    if steps is not None and strategy != "canary":
+        out.append((("steps",), "is only used with strategy: canary"))
+    if raw.get("step_percentage") is not None and strategy != "linear":
+        out.append((("step_percentage",), "is only used with strategy: linear"))
+    if strategy == "canary" and isinstance(steps, list) and all(isinstance(x, int) for x in steps):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            out.append((("steps",), f"must increase strictly, got {steps}"))
+        elif steps and steps[-1] != 100:
+            out.append((("steps",), f"must end at 100, got {steps}"))
+    if strategy == "linear" and raw.get("step_percentage") == 100:
+        out.append((("step_percentage",), "100 is all_at_once; use a smaller step"))
+    return out

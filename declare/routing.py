@@ -16,23 +16,38 @@ from declare.model import EndpointSpec
 from declare.state.document import NOT_UPDATING, EndpointRecord, State
 
 
+def target_key(traffic: tuple[tuple[str, str, int], ...], entity: str, generation: str) -> str:
+    """The gateway's key for one traffic target: the entity's name, or `name@generation`
+    while two generations of one entity share the traffic (a rollout of a changed entity)."""
+    if sum(1 for e, _, _ in traffic if e == entity) > 1:
+        return f"{entity}@{generation[:8]}"
+    return entity
+
+
 def routing_table(state: State, version: int | None = None) -> RoutingTable:
     endpoints: dict[str, EndpointTable] = {}
     for name, record in sorted(state.endpoints.items()):
         if record.spec is None or not record.routes:
             continue  # being created (nothing routed yet) or being destroyed
-        entities = {
-            route.served_entity_name: tuple(
+        traffic = record.traffic()
+        entities: dict[str, tuple[ReplicaTarget, ...]] = {}
+        served: dict[str, str] = {}
+        routes: list[tuple[str, int]] = []
+        for entity, generation, pct in traffic:
+            key = target_key(traffic, entity, generation)
+            entities[key] = tuple(
                 ReplicaTarget(r.id, r.handle.url)
-                for r in record.serving_replicas(route.served_entity_name)
+                for r in record.serving_replicas(entity, generation)
             )
-            for route in record.routes
-        }
+            routes.append((key, pct))
+            if key != entity:
+                served[key] = entity
         endpoints[name] = EndpointTable(
             name=name,
-            routes=tuple((r.served_entity_name, r.traffic_percentage) for r in record.routes),
+            routes=tuple(routes),
             entities=entities,
             description=describe(record),
+            served_names=served,
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -42,9 +57,9 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
 
 def is_ready(record: EndpointRecord) -> bool:
     return bool(record.routes) and all(
-        record.serving_replicas(r.served_entity_name)
-        for r in record.routes
-        if r.traffic_percentage > 0
+        record.serving_replicas(entity, generation)
+        for entity, generation, pct in record.traffic()
+        if pct > 0
     )
 
 

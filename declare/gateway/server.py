@@ -95,15 +95,18 @@ class _Live:
 
     compiled: CompiledTable
     urls: Mapping[str, URL]  # replica id -> its /invocations URL
+    served: Mapping[str, str]  # replica id -> the served entity name it answers for
 
 
 def _live(table: RoutingTable) -> _Live:
     urls: dict[str, URL] = {}
+    served: dict[str, str] = {}
     for ep in table.endpoints.values():
-        for replicas in ep.entities.values():
+        for key, replicas in ep.entities.items():
             for replica in replicas:
                 urls[replica.id] = URL(replica.url.rstrip("/") + "/invocations")
-    return _Live(compile_table(table), urls)
+                served[replica.id] = ep.served_name(key)
+    return _Live(compile_table(table), urls, served)
 
 
 class _ConnectFailed(Exception):
@@ -360,7 +363,7 @@ class Gateway:
                     body=payload,
                     headers={
                         "Content-Type": upstream.headers.get("Content-Type", "application/json"),
-                        "served-model-name": entity,
+                        "served-model-name": live.served.get(rid, entity),
                     },
                 )
         except aiohttp.ConnectionTimeoutError as exc:

@@ -11,7 +11,9 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
           ],
           "entities": {                    # the ready replicas of each routed entity
             "iris-1": {"replicas": [{"id": "iris-iris-1-ab12cd", "url": "http://127.0.0.1:5001"}]}
-          },
+          },                               # optional "served_name" per entity: the name in the
+                                           # served-model-name header when the key differs
+                                           # (two generations of one entity during a rollout)
           "description": {...}             # the endpoint in the Databricks GET shape: name,
                                            # state.ready, state.config_update, config,
                                            # pending_config, tags; served as-is by the
@@ -43,12 +45,23 @@ class EndpointTable:
     routes: tuple[tuple[str, int], ...]  # (served entity name, percentage)
     entities: Mapping[str, tuple[ReplicaTarget, ...]]
     description: Mapping[str, Any] = field(default_factory=dict)
+    served_names: Mapping[str, str] = field(default_factory=dict)  # entity key -> served name
+
+    def served_name(self, key: str) -> str:
+        return self.served_names.get(key, key)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "routes": [{"served_entity_name": n, "traffic_percentage": p} for n, p in self.routes],
             "entities": {
-                name: {"replicas": [{"id": r.id, "url": r.url} for r in replicas]}
+                name: {
+                    "replicas": [{"id": r.id, "url": r.url} for r in replicas],
+                    **(
+                        {"served_name": self.served_names[name]}
+                        if name in self.served_names
+                        else {}
+                    ),
+                }
                 for name, replicas in self.entities.items()
             },
             "description": dict(self.description),
@@ -93,15 +106,18 @@ class RoutingTable:
             if routes and sum(p for _, p in routes) != 100:
                 raise ValueError(f"endpoints.{name}.routes percentages must sum to 100")
             entities: dict[str, tuple[ReplicaTarget, ...]] = {}
+            served_names: dict[str, str] = {}
             for ent, body in (ep.get("entities") or {}).items():
                 try:
                     entities[ent] = tuple(
                         ReplicaTarget(str(x["id"]), str(x["url"])) for x in body["replicas"]
                     )
-                except (KeyError, TypeError) as exc:
+                    if body.get("served_name") is not None:
+                        served_names[ent] = str(body["served_name"])
+                except (KeyError, TypeError, AttributeError) as exc:
                     raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
             desc = ep.get("description") or {}
             if not isinstance(desc, dict):
                 raise ValueError(f"endpoints.{name}.description must be an object")
-            endpoints[name] = EndpointTable(name, tuple(routes), entities, desc)
+            endpoints[name] = EndpointTable(name, tuple(routes), entities, desc, served_names)
         return cls(version=version, endpoints=endpoints)

@@ -34,7 +34,7 @@ import re
 from typing import Any
 
 from declare.errors import LocatedError, Location
-from declare.model import EndpointSpec, EntitySpec, Route
+from declare.model import EndpointSpec, EntitySpec, Route, rollout_problems
 
 from ._schema import ENDPOINT_SCHEMA, did_you_mean, schema_problems, show
 from ._source import Document, FieldPath, format_path
@@ -165,6 +165,8 @@ class _EndpointCheck:
         entities = self._entities(config, key)
         routes = self._routes(config, entities)
         tags = self._tags(value.get("tags"))
+        for path, message in rollout_problems(value.get("rollout")):
+            self.report(("rollout", *path), message)
         if self.problems or entities is None or routes is None:
             return None
         return self._build(value, config, key, entities, routes, tags)

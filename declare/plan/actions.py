@@ -23,6 +23,8 @@ class ActionKind(Enum):
     BUILD = "build"
     START_REPLICA = "start-replica"
     AWAIT_READY = "await-ready"
+    SHIFT_TRAFFIC = "shift-traffic"
+    BAKE = "bake"
     SET_ROUTES = "set-routes"
     REMOVE_ROUTES = "remove-routes"
     DRAIN = "drain"
@@ -41,6 +43,8 @@ _SYMBOLS = {
     ActionKind.BUILD: "+",
     ActionKind.START_REPLICA: "+",
     ActionKind.AWAIT_READY: "?",
+    ActionKind.SHIFT_TRAFFIC: "~",
+    ActionKind.BAKE: "?",
     ActionKind.SET_ROUTES: "~",
     ActionKind.REMOVE_ROUTES: "-",
     ActionKind.DRAIN: "~",

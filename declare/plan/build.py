@@ -7,7 +7,9 @@ ordering constraints, each constraint commented where it is made:
              settings changed: stop, then start); stop it when no endpoint is left.
 2. builds    one build per distinct model environment that is not yet built (shared).
 3. replicas  start + await-ready per new replica.
-4. routes    one set-routes per created/updated endpoint: the atomic traffic switch.
+4. routes    one set-routes per created/updated endpoint: the atomic traffic switch. With a
+             progressive rollout (canary, linear), shift-traffic steps and bakes come first,
+             and a bake after the switch keeps the old replicas warm until it passes.
 5. retire    drain the replicas taken out of rotation, then stop them; forget dead ones.
 6. deletes   remove an endpoint's routes, drain, stop its replicas.
 7. orphans   stop replicas that run under this project's labels but no state knows.
@@ -16,12 +18,12 @@ ordering constraints, each constraint commented where it is made:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
-from declare.diff import Change, EndpointChange
-from declare.model import ReplicaHandle, ReplicaSpec
+from declare.diff import Change, EndpointChange, Impact
+from declare.model import ReplicaHandle, ReplicaSpec, RolloutPolicy
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.provider import BuildInfo
 
@@ -82,6 +84,7 @@ def build_plan(inp: PlanInput) -> Plan:
     g = _Graph()
     start_gw = _gateway_start(g, inp)
     builds = _builds(g, inp)
+    inp = replace(inp, changes=tuple(_label_rebuilds(c, builds) for c in inp.changes))
     tails: list[str] = []
     for change in inp.changes:
         if change.kind in (Change.CREATE, Change.UPDATE):
@@ -171,6 +174,21 @@ def _builds(g: _Graph, inp: PlanInput) -> dict[str, str]:
     return out
 
 
+def _label_rebuilds(change: EndpointChange, builds: Mapping[str, str]) -> EndpointChange:
+    """Fields of an entity whose new replicas need a fresh build are labelled `rebuild`."""
+    rebuilt = {s.entity.name for s in change.starts if s.generation in builds}
+    if not rebuilt:
+        return change
+    fields = tuple(
+        replace(f, impact=Impact.REBUILD)
+        if f.impact in (Impact.REPLACE, Impact.ROLLING_RESTART)
+        and any(f.path.startswith(f"served_entities[{name}]") for name in rebuilt)
+        else f
+        for f in change.fields
+    )
+    return replace(change, fields=fields)
+
+
 # 3-5. create / update ------------------------------------------------------------------
 
 
@@ -225,14 +243,55 @@ def _create_or_update(
 
     tails: list[str] = []
     routes_id = None
+    after_switch: str | None = None
     if change.route_push:
         d = change.after
+        policy = RolloutPolicy.from_manifest(d.spec.extra.get("rollout"))
+        old = change.before.traffic() if change.before else ()
+        new = tuple(
+            (r.served_entity_name, d.serving[r.served_entity_name], r.traffic_percentage)
+            for r in d.spec.routes
+        )
+        had = {(e, gen) for e, gen, p in old if p > 0}
+        watch = [[e, gen] for e, gen, p in new if p > 0 and (e, gen) not in had]
+        rolling = bool(watch) and bool(had) and change.kind is Change.UPDATE
+        previous: list[str] = ready_ids
+        n = len(policy.steps)
+        if rolling and policy.progressive:
+            for step, percent in enumerate(policy.steps[:-1], 1):
+                split = blend(old, new, percent)
+                shift_id = g.add(
+                    Action(
+                        f"endpoint.{name}.shift[{step}]",
+                        ActionKind.SHIFT_TRAFFIC,
+                        name,
+                        f"shift traffic, step {step}/{n} ({percent}% to the new config): "
+                        + ", ".join(f"{e} {p}%" for e, _, p in split),
+                        {
+                            "step": step,
+                            "of": n,
+                            "percent": percent,
+                            "split": [list(t) for t in split],
+                        },
+                    )
+                )
+                # A step starts once the new replicas answer and the previous step baked.
+                for rid in previous:
+                    g.edge(rid, shift_id)
+                g.edge(start_gw, shift_id)
+                previous = [shift_id]
+                if policy.bakes:
+                    previous = [_bake(g, name, step, n, policy, watch, shift_id)]
         routes_id = g.add(
             Action(
                 f"endpoint.{name}.routes",
                 ActionKind.SET_ROUTES,
                 name,
-                "route traffic: "
+                (
+                    f"shift traffic, step {n}/{n}: "
+                    if rolling and policy.progressive
+                    else "route traffic: "
+                )
                 + ", ".join(
                     f"{r.served_entity_name} {r.traffic_percentage}%" for r in d.spec.routes
                 ),
@@ -246,14 +305,74 @@ def _create_or_update(
                 },
             )
         )
-        # Traffic moves only to replicas that answered a real prediction.
-        for rid in ready_ids:
+        # Traffic moves only to replicas that answered a real prediction (and after the
+        # last canary step baked).
+        for rid in previous:
             g.edge(rid, routes_id)
         # Routes are pushed to a running gateway.
         g.edge(start_gw, routes_id)
         tails.append(routes_id)
-    tails += _retire(g, name, change.stops, change.forgets, routes_id)
+        after_switch = routes_id
+        if rolling and policy.bakes:
+            # The old replicas stay up (out of rotation) until the new config baked at 100 %.
+            after_switch = _bake(g, name, n, n, policy, watch, routes_id)
+            tails.append(after_switch)
+    tails += _retire(g, name, change.stops, change.forgets, after_switch)
     return tails or ready_ids
+
+
+def _bake(
+    g: _Graph,
+    name: str,
+    step: int,
+    of: int,
+    policy: RolloutPolicy,
+    watch: list[list[str]],
+    after: str,
+) -> str:
+    guards = policy.guards
+    checks = []
+    if guards.max_error_rate is not None:
+        checks.append(f"error rate <= {guards.max_error_rate:g}")
+    if guards.max_p99_latency_ms is not None:
+        checks.append(f"p99 <= {guards.max_p99_latency_ms:g} ms")
+    judged = f"; guards {', '.join(checks)} once {guards.min_requests} requests" if checks else ""
+    bake_id = g.add(
+        Action(
+            f"endpoint.{name}.bake[{step}]",
+            ActionKind.BAKE,
+            name,
+            f"bake {policy.bake_seconds:g}s at step {step}/{of}, watching "
+            + ", ".join(e for e, _ in watch)
+            + judged,
+            {
+                "step": step,
+                "of": of,
+                "seconds": policy.bake_seconds,
+                "guards": guards.to_json(),
+                "watch": watch,
+            },
+        )
+    )
+    # A bake watches the traffic the step before it set.
+    g.edge(after, bake_id)
+    return bake_id
+
+
+def blend(
+    old: tuple[tuple[str, str, int], ...], new: tuple[tuple[str, str, int], ...], percent: int
+) -> tuple[tuple[str, str, int], ...]:
+    """`percent`% of the traffic split as `new`, the rest as `old`; integers summing to 100."""
+    weights: dict[tuple[str, str], float] = {}
+    for e, gen, p in old:
+        weights[(e, gen)] = weights.get((e, gen), 0.0) + p * (100 - percent) / 100
+    for e, gen, p in new:
+        weights[(e, gen)] = weights.get((e, gen), 0.0) + p * percent / 100
+    floors = {k: int(v) for k, v in weights.items()}
+    left = 100 - sum(floors.values())
+    for k in sorted(weights, key=lambda k: weights[k] - floors[k], reverse=True)[:left]:
+        floors[k] += 1
+    return tuple((e, gen, floors[(e, gen)]) for (e, gen) in weights if floors[(e, gen)] > 0)
 
 
 def _retire(

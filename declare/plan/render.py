@@ -11,8 +11,8 @@ from typing import Any
 
 from declare import __version__
 from declare.diff import Change, EndpointChange, FieldChange, Impact
-from declare.model import WORKLOAD_CONCURRENCY, EntitySpec
-from declare.plan.actions import Plan
+from declare.model import WORKLOAD_CONCURRENCY, EntitySpec, RolloutPolicy
+from declare.plan.actions import ActionKind, Plan
 
 PLAN_FORMAT_VERSION = "1.0"
 
@@ -23,8 +23,10 @@ _HEADINGS = {
 }
 _IMPACT_NOTE = {
     Impact.LIVE: "live, no restart",
-    Impact.SCALE: "scale, others keep serving",
+    Impact.SCALE: "scale: replicas added or removed, the others keep serving",
+    Impact.ROLLING_RESTART: "rolling restart: new replicas replace the old, no downtime",
     Impact.REPLACE: "replace: new replicas, switch traffic, drain and stop the old",
+    Impact.REBUILD: "rebuild: a new image is built, then replace",
 }
 
 
@@ -63,7 +65,51 @@ def _entity_lines(e: EntitySpec, model: str, sym: str) -> list[str]:
     return lines
 
 
-def _change_block(c: EndpointChange) -> list[str]:
+def _rollout_line(plan: Plan, c: EndpointChange) -> str | None:
+    mine = [
+        a for a in plan.actions_of(c.name) if a.kind in (ActionKind.SHIFT_TRAFFIC, ActionKind.BAKE)
+    ]
+    if not mine or c.after is None:
+        return None
+    policy = RolloutPolicy.from_manifest(c.after.spec.extra.get("rollout"))
+    text = f"rollout  = {policy.strategy} " + " -> ".join(f"{p}%" for p in policy.steps)
+    if policy.bakes:
+        text += f", bake {policy.bake_seconds:g}s after each step"
+    g = policy.guards
+    checks = []
+    if g.max_error_rate is not None:
+        checks.append(f"error rate > {g.max_error_rate:g}")
+    if g.max_p99_latency_ms is not None:
+        checks.append(f"p99 > {g.max_p99_latency_ms:g} ms")
+    if checks:
+        text += f"; roll back if {' or '.join(checks)} (judged from {g.min_requests} requests)"
+    if policy.deadline_seconds:
+        text += f"; deadline {policy.deadline_seconds:g}s"
+    return text
+
+
+def _capacity_lines(c: EndpointChange) -> list[str]:
+    if c.kind is Change.DELETE:
+        n = c.capacity_before
+        return [
+            f"      ! stops serving: endpoint {c.name} is destroyed ({n} replica"
+            f"{'s' if n != 1 else ''} in rotation now)"
+        ]
+    lines = []
+    if c.kind is Change.UPDATE and (c.starts or c.stops or c.capacity_loss):
+        lines.append(
+            f"      ~ capacity = {c.capacity_before} -> {c.capacity_after} replicas in rotation"
+            f" (peak {c.capacity_peak} while the change runs)"
+        )
+    if c.capacity_loss:
+        lines.append(
+            f"      ! capacity loss: from {c.capacity_before} to {c.capacity_after} replicas "
+            "in rotation"
+        )
+    return lines
+
+
+def _change_block(c: EndpointChange, plan: Plan) -> list[str]:
     lines = [f"  # endpoint.{c.name} {_HEADINGS[c.kind]}"]
     sym = c.kind.symbol
     lines.append(f"  {sym} endpoint {json.dumps(c.name)} {{")
@@ -84,6 +130,10 @@ def _change_block(c: EndpointChange) -> list[str]:
     else:
         for f in c.fields:
             lines += _field_lines(f)
+    rollout = _rollout_line(plan, c)
+    if rollout:
+        lines.append(f"      ~ {rollout}")
+    lines += _capacity_lines(c)
     for d in c.drift:
         lines.append(f"      ! drift: {d}")
     if c.kind is Change.UPDATE and not c.fields and not c.drift:
@@ -115,7 +165,7 @@ def render_human(plan: Plan) -> str:
     for c in plan.changes:
         if c.kind is Change.NOOP:
             continue
-        out += _change_block(c)
+        out += _change_block(c, plan)
         out.append("")
     counts = plan.counts()
     out.append("Actions, in order (each waits for those it depends on):")
@@ -150,6 +200,12 @@ def _change_json(c: EndpointChange) -> dict[str, Any]:
         "replicas_to_start": len(c.starts),
         "replicas_to_stop": [h.id for h in c.stops],
         "replicas_to_forget": [h.id for h in c.forgets],
+        "capacity": {
+            "before": c.capacity_before,
+            "after": c.capacity_after,
+            "peak": c.capacity_peak,
+            "loss": c.capacity_loss or c.kind is Change.DELETE,
+        },
     }
 
 

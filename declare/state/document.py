@@ -13,6 +13,8 @@ and `lineage`; this module gives that document its meaning:
           "models": {"<entity>": <ResolvedModel JSON>},   # pinned models of `spec`'s entities
           "routes": [<Route JSON>],                  # what the gateway routes now
           "serving": {"<entity>": "<generation>"},   # which generation each route reaches
+          "split": [["<entity>", "<generation>", 10], ...],  # during a progressive rollout:
+                                                     # the traffic split now (overrides routes)
           "replicas": [<ReplicaRecord JSON>],        # every replica started and not yet stopped
           "status": {"config_update": "NOT_UPDATING"|"IN_PROGRESS"|"UPDATE_FAILED",
                      "message": str},
@@ -101,6 +103,7 @@ class EndpointRecord:
     models: Mapping[str, ResolvedModel] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     serving: Mapping[str, str] = field(default_factory=dict)
+    split: tuple[tuple[str, str, int], ...] = ()
     replicas: tuple[ReplicaRecord, ...] = ()
     config_update: str = NOT_UPDATING
     message: str = ""
@@ -119,12 +122,24 @@ class EndpointRecord:
             return None
         return generation_of(self.provider, self.models[entity], ent.to_json())
 
-    def serving_replicas(self, entity: str) -> tuple[ReplicaRecord, ...]:
-        gen = self.serving.get(entity)
+    def serving_replicas(
+        self, entity: str, generation: str | None = None
+    ) -> tuple[ReplicaRecord, ...]:
+        """Replicas in rotation for `entity` (of `generation`, default: the one it serves)."""
+        gen = generation if generation is not None else self.serving.get(entity)
         return tuple(
             r
             for r in self.replicas
             if r.entity == entity and r.generation == gen and r.ready and not r.retired
+        )
+
+    def traffic(self) -> tuple[tuple[str, str, int], ...]:
+        """The split traffic follows now: (entity, generation, percentage) per target."""
+        if self.split:
+            return self.split
+        return tuple(
+            (r.served_entity_name, self.serving.get(r.served_entity_name, ""), r.traffic_percentage)
+            for r in self.routes
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -138,6 +153,7 @@ class EndpointRecord:
             "models": {k: m.to_json() for k, m in self.models.items()},
             "routes": [r.to_json() for r in self.routes],
             "serving": dict(self.serving),
+            "split": [list(t) for t in self.split],
             "replicas": [r.to_json() for r in self.replicas],
             "status": {"config_update": self.config_update, "message": self.message},
             "pending": self.pending.to_json() if self.pending else None,
@@ -156,6 +172,7 @@ class EndpointRecord:
                 for r in data.get("routes") or []
             ),
             serving=dict(data.get("serving") or {}),
+            split=tuple((str(e), str(g), int(p)) for e, g, p in data.get("split") or []),
             replicas=tuple(ReplicaRecord.from_json(r) for r in data.get("replicas") or []),
             config_update=status.get("config_update", NOT_UPDATING),
             message=status.get("message", ""),
