@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from declare import secrets
 from declare.dag import Outcome, walk
 from declare.diff import Change
 from declare.errors import DeclareError, GatewayError, RolloutGuardError
@@ -312,7 +313,11 @@ class Executor:
 
     def _do_start_replica(self, action: Action) -> None:
         spec = ReplicaSpec.from_json(action.payload["replica_spec"])
-        spec = replace(spec, model_env=self.project.resolver.model_env)
+        spec = replace(
+            spec,
+            model_env=self.project.resolver.model_env,
+            environment_vars=secrets.resolve(spec.environment_vars, self.project.environ),
+        )
         provider = self.project.provider(self._changes[spec.endpoint].provider)
         handle = provider.start_replica(spec)
         with self._lock:

@@ -109,8 +109,41 @@ def _diagnostics(exc: ManifestError) -> dict[str, Any]:
 def _make_plan(project: Project, state: State, destroy: bool) -> Plan:
     specs = () if destroy else project.load_specs()
     project.check_providers(specs)
+    project.check_secrets(specs)
     desired = project.resolve(specs)
     return project.plan(state, desired, destroy=destroy)
+
+
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="Output: text (default), json (as --json) or markdown (a pull-request comment).",
+        metavar="FORMAT",
+        show_default=False,
+    ),
+]
+PLAN_FORMATS = ("text", "json", "markdown")
+
+
+def _output_format(output_format: str | None, as_json: bool) -> str:
+    """The plan view asked for; `--json` is an alias of `--format json`."""
+    if output_format is not None and output_format not in PLAN_FORMATS:
+        raise ConfigError(f"--format: {output_format!r} is not one of {', '.join(PLAN_FORMATS)}")
+    if as_json and output_format not in (None, "json"):
+        raise ConfigError(f"--json and --format {output_format} ask for two outputs: pick one")
+    return "json" if as_json else output_format or "text"
+
+
+def _echo_plan(the_plan: Plan, view: str) -> None:
+    if view == "json":
+        _echo(json.dumps(render_json(the_plan), indent=2, sort_keys=False))
+    elif view == "markdown":
+        from declare.plan.markdown import render_markdown
+
+        typer.echo(render_markdown(the_plan), nl=False)
+    else:
+        _echo(render_human(the_plan))
 
 
 @app.command()
@@ -125,16 +158,15 @@ def plan(
         bool, typer.Option("--destroy", help="Plan to destroy every endpoint.")
     ] = False,
     lock_timeout: LockTimeout = "0s",
+    output_format: FormatOpt = None,
 ) -> None:
     """Show what apply would do: compare manifests, recorded state and what really runs."""
+    view = _output_format(output_format, as_json)
     project = open_project(project_dir)
     with project.backend.locked("plan", parse_duration(lock_timeout)):
         state = project.read_state()
         the_plan = _make_plan(project, state, destroy)
-    if as_json:
-        _echo(json.dumps(render_json(the_plan), indent=2, sort_keys=False))
-    else:
-        _echo(render_human(the_plan))
+    _echo_plan(the_plan, view)
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from declare import secrets
 from declare.config import ProjectConfig, load_config
 from declare.diff import Actual, DesiredEndpoint, diff
 from declare.errors import (
@@ -32,25 +33,32 @@ from declare.model import EndpointSpec, ReplicaHandle, ResolvedModel, canonical_
 from declare.plan import GatewayInput, Plan, PlanInput, build_plan
 from declare.provider import BuildInfo, Provider, ProviderContext, ReplicaStatus, load_provider
 from declare.resolve import Resolver
+from declare.state.backend import StateBackend
 from declare.state.document import State, generation_of
-from declare.state.local import LocalStateBackend
+from declare.state.select import open_backend
 
 
 @dataclass
 class Project:
     config: ProjectConfig
     environ: Mapping[str, str]
-    backend: LocalStateBackend = field(init=False)
     resolver: Resolver = field(init=False)
     _providers: dict[str, Provider] = field(default_factory=dict, init=False)
+    _backend: StateBackend | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.backend = LocalStateBackend(self.config.state_dir)
         self.resolver = Resolver(
             self.config.tracking_uri, self.config.registry_uri, self.config.project_dir
         )
 
     # -- parts ---------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> StateBackend:
+        """The state backend declare.yaml selects, opened on first use (validate needs none)."""
+        if self._backend is None:
+            self._backend = open_backend(self.config, self.environ)
+        return self._backend
 
     @property
     def name(self) -> str:
@@ -142,6 +150,22 @@ class Project:
             except DeclareError as exc:
                 loc = spec.location or Location(spec.name)
                 problems.append(LocatedError(Location(loc.file, loc.line, "provider"), str(exc)))
+        if problems:
+            raise ManifestError(problems)
+
+    def check_secrets(self, specs: tuple[EndpointSpec, ...]) -> None:
+        """Every `{{secrets/...}}` reference can be resolved at apply time (values not read)."""
+        problems: list[LocatedError] = []
+        for spec in specs:
+            for entity in spec.entities:
+                for name, source in secrets.missing(entity.environment_vars, self.environ):
+                    loc = entity.location or spec.location or Location(spec.name)
+                    problems.append(
+                        LocatedError(
+                            Location(loc.file, loc.line, f"environment_vars.{name}"),
+                            f"refers to a secret: set {source} in declare's environment",
+                        )
+                    )
         if problems:
             raise ManifestError(problems)
 

@@ -252,7 +252,11 @@ class Gateway:
                 404, "RESOURCE_DOES_NOT_EXIST", f"serving endpoint {name!r} does not exist"
             )
         response, entity = await self._invoke(request, live, endpoint)
-        error = response.status >= 500
+        # An error is any 5xx, and any 4xx that a replica gave once an entity was chosen:
+        # MLflow's scoring server answers 400 when the model itself raises, which a rollout
+        # guard must see. Requests the gateway refused up front (bad JSON) count for the
+        # endpoint only, not against an entity.
+        error = response.status >= 500 or (entity is not None and response.status >= 400)
         if error:
             log.warning(
                 "%s %s -> %d (entity %s): %s",
