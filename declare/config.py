@@ -10,6 +10,9 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
                         > tracking_uri.  A declare.yaml that pins its tracking store keeps
                         the registry there too: stray shell variables do not split them.
     state_dir           state.path (default `state`), relative to the project
+    state_backend       state.backend: local (default) or postgres with state.dsn_env (the
+                        name of the env var holding the DSN; never the DSN itself), schema,
+                        table, workspace (default: the project name)
     gateway_*           host (loopback only, default 127.0.0.1), port 8787, auth token env var
                         name (none), max body 16 MiB, queue timeout 30 s
     default_provider    local;  providers: raw per-provider settings
@@ -50,6 +53,19 @@ DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_READY_TIMEOUT_SECONDS = 180.0
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
 DEFAULT_PROVIDER = "local"
+STATE_BACKENDS = ("local", "postgres")
+POSTGRES_STATE_KEYS = ("dsn_env", "schema", "table", "workspace")
+
+
+@dataclass(frozen=True)
+class StateBackendSettings:
+    """declare.yaml `state.backend` and its settings (`declare.state.select` opens it)."""
+
+    backend: str = "local"
+    dsn_env: str | None = None  # postgres: the env var holding the connection string
+    schema: str = "public"
+    table: str = "declare_state"
+    workspace: str | None = None  # postgres: the state's key; None: the project name
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class ProjectConfig:
     manifest_include: tuple[str, ...] = DEFAULT_INCLUDE
     manifest_exclude: tuple[str, ...] = ()
     config_file: Path | None = None  # declare.yaml when the project has one
+    state_backend: StateBackendSettings = field(default_factory=StateBackendSettings)
 
     def provider_settings(self, name: str) -> Mapping[str, Any]:
         """declare.yaml `providers.<name>`, or an empty mapping."""
@@ -134,6 +151,7 @@ def _check(document: Document) -> list[LocatedError]:
     if not isinstance(document.value, dict):
         return [document.problem((), "declare.yaml must be a mapping of settings")]
     problems = schema_problems(document, PROJECT_SCHEMA)
+    problems += _state_backend_problems(document)
     host = _section(document.value, "gateway").get("host")
     if isinstance(host, str) and not _is_loopback(host):
         problems.append(
@@ -144,6 +162,27 @@ def _check(document: Document) -> list[LocatedError]:
             )
         )
     return problems
+
+
+def _state_backend_problems(document: Document) -> list[LocatedError]:
+    """`state.dsn_env` is required by the postgres backend; its keys mean nothing to local."""
+    state = _section(document.value, "state")
+    backend = state.get("backend", "local")
+    if backend == "postgres" and "dsn_env" not in state:
+        return [
+            document.problem(
+                ("state",),
+                "state.backend postgres needs dsn_env: the name of the environment variable "
+                "that holds the connection string (credentials never go in declare.yaml)",
+            )
+        ]
+    if backend == "local":
+        return [
+            document.problem(("state", key), "only applies to state.backend: postgres")
+            for key in POSTGRES_STATE_KEYS
+            if key in state
+        ]
+    return []
 
 
 def _is_loopback(host: str) -> bool:
@@ -213,4 +252,11 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         manifest_include=tuple(manifests.get("include", DEFAULT_INCLUDE)),
         manifest_exclude=tuple(manifests.get("exclude", ())),
         config_file=config_path,
+        state_backend=StateBackendSettings(
+            backend=state.get("backend", "local"),
+            dsn_env=state.get("dsn_env"),
+            schema=state.get("schema", "public"),
+            table=state.get("table", "declare_state"),
+            workspace=state.get("workspace"),
+        ),
     )

@@ -1,0 +1,1 @@
+"""declare's providers, one module each, registered in the `declare.providers` entry points."""
