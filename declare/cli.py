@@ -9,6 +9,7 @@ without a traceback; `main()` maps them to exit codes in one place:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -269,9 +270,48 @@ def destroy(
     ] = False,
     parallelism: Annotated[int, typer.Option("--parallelism", help="Actions run at once.")] = 10,
     lock_timeout: LockTimeout = "0s",
+    prune_images: Annotated[
+        bool,
+        typer.Option(
+            "--prune-images",
+            help="Also remove the images the project's replicas used (docker provider).",
+        ),
+    ] = False,
 ) -> None:
     """Stop every endpoint, replica and the gateway of the project."""
+    names = _provider_names(project_dir) if prune_images else set()
     _run_apply(project_dir, auto_approve, parallelism, lock_timeout, destroy=True)
+    if prune_images:
+        _prune_images(project_dir, names)
+
+
+def _provider_names(project_dir: Path) -> set[str]:
+    """Providers the project uses: in its state, its manifests and its default."""
+    project = open_project(project_dir)
+    state = project.read_state()
+    names = {project.config.default_provider, *project.config.providers}
+    names |= {ep.provider for ep in state.endpoints.values()}
+    names |= {r.handle.provider for r in state.all_replicas()}
+    with contextlib.suppress(DeclareError):
+        names |= {spec.provider for spec in project.load_specs()}
+    return names
+
+
+def _prune_images(project_dir: Path, names: set[str]) -> None:
+    from declare.provider import ImagePruning
+
+    project = open_project(project_dir)
+    for name in sorted(names):
+        try:
+            provider = project.provider(name)
+        except ConfigError:
+            continue  # a provider named in declare.yaml but not installed
+        if isinstance(provider, ImagePruning):
+            removed = provider.prune_images()
+            _echo(
+                f"{name}: removed {len(removed)} image(s){': ' if removed else ''}"
+                + ", ".join(removed)
+            )
 
 
 # -- show / status / state / logs --------------------------------------------------------

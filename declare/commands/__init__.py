@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("fmt", "graph", "importer", "state_transfer")
 
 
 def register_all(app: typer.Typer, state_app: typer.Typer) -> None:

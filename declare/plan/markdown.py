@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from declare.diff import Change, EndpointChange
-from declare.model import ResolvedModel, Route
-from declare.plan.actions import Plan
+from declare.model import ResolvedModel, RolloutPolicy, Route
+from declare.plan.actions import ActionKind, Plan
 
 _ACTION_WORD = {
     Change.CREATE: "create",
@@ -159,26 +159,17 @@ def _change_text(before: str, after: str, kind: Change) -> str:
     return before if before == after else f"{before}{_ARROW}{after}"
 
 
-def in_rotation_before(c: EndpointChange) -> int:
-    """Replicas serving traffic before the change: ready, not retired, alive, routed > 0%."""
-    if c.before is None:
-        return 0
-    dead = {h.id for h in c.forgets}
-    return sum(
-        1
-        for route in c.before.routes
-        if route.traffic_percentage > 0
-        for r in c.before.serving_replicas(route.served_entity_name)
-        if r.id not in dead
-    )
-
-
-def in_rotation_after(c: EndpointChange) -> int:
-    """Replicas serving traffic once the change is applied."""
-    if c.after is None:
-        return 0
-    routed = {r.served_entity_name for r in c.after.spec.routes if r.traffic_percentage > 0}
-    return sum(e.replica_count for e in c.after.spec.entities if e.name in routed)
+def _rollout_text(plan: Plan, c: EndpointChange) -> str | None:
+    """`canary 10% → 50% → 100%, bake 60s` when the change shifts traffic in steps."""
+    if c.after is None or not any(
+        a.kind in (ActionKind.SHIFT_TRAFFIC, ActionKind.BAKE) for a in plan.actions_of(c.name)
+    ):
+        return None
+    policy = RolloutPolicy.from_manifest(c.after.spec.extra.get("rollout"))
+    text = f"{policy.strategy} " + _ARROW.join(f"{p}%" for p in policy.steps)
+    if policy.bakes:
+        text += f", bake {policy.bake_seconds:g}s per step"
+    return text
 
 
 def _signature_warnings(c: EndpointChange) -> list[str]:
@@ -205,14 +196,14 @@ def warnings_of(plan: Plan) -> list[str]:
     out: list[str] = []
     for c in plan.changes:
         if c.kind is Change.DELETE:
-            n = in_rotation_before(c)
+            n = c.capacity_before
             out.append(
                 f"**Destroy**: endpoint `{c.name}` will be destroyed: {_plural(n, 'replica')} "
                 "in rotation stop and its invocation URL stops answering."
             )
         elif c.kind is Change.UPDATE:
-            before, after = in_rotation_before(c), in_rotation_after(c)
-            if after < before:
+            before, after = c.capacity_before, c.capacity_after
+            if c.capacity_loss:
                 out.append(
                     f"**Capacity loss**: endpoint `{c.name}` goes from {_plural(before, 'replica')}"
                     f" in rotation to {after}."
@@ -266,7 +257,10 @@ def _table(plan: Plan) -> list[str]:
             _models_text(_before_models(c)), _models_text(_after_models(c)), c.kind
         )
         traffic = _change_text(_routes_text(c.routes_before), _routes_text(c.routes_after), c.kind)
-        before, after = in_rotation_before(c), in_rotation_after(c)
+        rollout = _rollout_text(plan, c)
+        if rollout:
+            traffic += f" ({rollout})"
+        before, after = c.capacity_before, c.capacity_after
         replicas = str(after) if c.kind is Change.CREATE else f"{before}{_ARROW}{after}"
         if c.kind is Change.UPDATE and before == after:
             replicas = str(after)

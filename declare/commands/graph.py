@@ -1,0 +1,45 @@
+"""`declare graph [DIR] [--format dot|mermaid] [--destroy]`: print the plan's DAG.
+
+Plans exactly as `declare plan` does (manifests, state, what runs; under the state lock) and
+prints the action graph as Graphviz DOT (`| dot -Tsvg > plan.svg`) or as a Mermaid flowchart
+(for a ```mermaid block in Markdown). The renderings are declare.plan.graphviz's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from declare.errors import ConfigError
+from declare.plan.graphviz import RENDERERS
+
+
+def graph(
+    project_dir: Annotated[
+        Path, typer.Argument(help="Project folder (default: the current folder).")
+    ] = Path("."),
+    fmt: Annotated[
+        str, typer.Option("--format", help="dot (Graphviz) or mermaid.", metavar="FORMAT")
+    ] = "dot",
+    destroy: Annotated[bool, typer.Option("--destroy", help="Graph a destroy plan.")] = False,
+    lock_timeout: Annotated[
+        str, typer.Option("--lock-timeout", help="How long to wait for the state lock.")
+    ] = "0s",
+) -> None:
+    """Print the plan's graph of actions as Graphviz DOT or Mermaid."""
+    render = RENDERERS.get(fmt)
+    if render is None:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(RENDERERS)}")
+    from declare.cli import _make_plan, parse_duration
+    from declare.project import open_project
+
+    project = open_project(project_dir)
+    with project.backend.locked("plan", parse_duration(lock_timeout)):
+        the_plan = _make_plan(project, project.read_state(), destroy)
+    typer.echo(render(the_plan), nl=False)
+
+
+def register(app: typer.Typer, state_app: typer.Typer) -> None:
+    app.command("graph")(graph)
