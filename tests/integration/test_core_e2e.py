@@ -9,146 +9,30 @@ destroy (no process left).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from declare import procs
 from tests.integration.conftest import MlflowProject
-
-IRIS_ROW = {
-    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
-    "data": [[5.1, 3.5, 1.4, 0.2]],
-}
-
-
-def manifest(entity: str, version: str) -> str:
-    return f"""\
-name: iris
-config:
-  served_entities:
-    - entity_name: {entity}
-      entity_version: "{version}"
-      workload_size: Small
-  traffic_config:
-    routes:
-      - served_model_name: {entity}-{version}
-        traffic_percentage: 100
-"""
-
-
-class Project:
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder = folder
-        self.port = port
-
-    def declare(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        return subprocess.run(
-            [sys.executable, "-m", "declare", *args, str(self.folder)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/serving-endpoints/iris/invocations"
-
-    def predict(self) -> httpx.Response:
-        return httpx.post(self.url, json={"dataframe_split": IRIS_ROW}, timeout=30)
-
-    def state(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(
-            (self.folder / "state" / "declare.tfstate.json").read_text()
-        )
-        return data
-
-    def recorded_pids(self) -> list[procs.ProcessId]:
-        out = []
-        for ep in self.state()["endpoints"].values():
-            for rep in ep["replicas"]:
-                out.append(procs.ProcessId.from_json(rep["handle"]["data"]))
-        return out
+from tests.support import CliProject, Load, manifest
 
 
 @pytest.fixture
-def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[Project]:
-    port = procs.free_port()
-    (tmp_path / "declare.yaml").write_text(
-        f"mlflow:\n  tracking_uri: {mlflow_project.tracking_uri}\n"
-        f"gateway:\n  port: {port}\n"
-        "timeouts:\n  ready_seconds: 120\n"
-    )
-    (tmp_path / "iris.yaml").write_text(manifest("iris", "1"))
-    p = Project(tmp_path, port)
+def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
+    p = CliProject(tmp_path, mlflow_project.tracking_uri)
+    p.write(manifest("iris", "1"))
     yield p
     # Leave nothing behind even when an assertion failed midway.
     p.declare("destroy", "--auto-approve")
 
 
-class Load:
-    """Continuous requests from a few threads, bounded in count and time."""
-
-    def __init__(self, url: str, threads: int = 4, max_requests: int = 20_000) -> None:
-        self.url = url
-        self.results: Counter[str] = Counter()
-        self.served: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._budget = max_requests
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 240
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                with self._lock:
-                    if self._budget <= 0:
-                        return
-                    self._budget -= 1
-                try:
-                    r = client.post(self.url, json={"dataframe_split": IRIS_ROW})
-                    key = str(r.status_code)
-                    with self._lock:
-                        self.served[r.headers.get("served-model-name", "?")] += 1
-                except httpx.HTTPError as exc:
-                    key = type(exc).__name__
-                with self._lock:
-                    self.results[key] += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    @property
-    def sent(self) -> int:
-        return sum(self.results.values())
-
-    @property
-    def failed(self) -> int:
-        return self.sent - self.results["200"]
-
-
-def test_core_lifecycle(project: Project) -> None:
+def test_core_lifecycle(project: CliProject) -> None:
     # -- plan before apply: changes present
     plan = project.declare("plan", "--detailed-exitcode")
     assert plan.returncode == 2, plan.stdout + plan.stderr
@@ -226,12 +110,11 @@ def test_core_lifecycle(project: Project) -> None:
 
     # -- destroy: no process left, state empty
     pids = project.recorded_pids()
-    gateway = procs.ProcessId.from_json(
-        json.loads((project.folder / "state" / "gateway" / "gateway.json").read_text())["process"]
-    )
+    gateway = project.gateway_pid()
     destroyed = project.declare("destroy", "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     assert not any(procs.is_running(p) for p in [*pids, gateway])
     assert project.state()["endpoints"] == {}
+    assert project.provider_records() == []
     with pytest.raises(httpx.ConnectError):
         project.predict()

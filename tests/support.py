@@ -1,0 +1,157 @@
+"""Helpers shared by the integration and reliability tests: a project folder driven through
+the real `declare` CLI in child processes, and a bounded load generator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from declare import procs
+
+IRIS_ROW = {
+    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
+    "data": [[5.1, 3.5, 1.4, 0.2]],
+}
+
+
+def manifest(entity: str, version: str, size: str = "Small", rollout: str = "") -> str:
+    """An endpoint `iris` serving `entity` version `version` at 100 %, as Databricks writes it."""
+    return f"""\
+name: iris
+config:
+  served_entities:
+    - entity_name: {entity}
+      entity_version: "{version}"
+      workload_size: {size}
+  traffic_config:
+    routes:
+      - served_model_name: {entity}-{version}
+        traffic_percentage: 100
+{rollout}"""
+
+
+class CliProject:
+    """A project folder, its gateway port, and the `declare` CLI run on it."""
+
+    def __init__(self, folder: Path, tracking_uri: str, extra_config: str = "") -> None:
+        self.folder = folder
+        self.port = procs.free_port()
+        (folder / "declare.yaml").write_text(
+            f"mlflow:\n  tracking_uri: {tracking_uri}\n"
+            f"gateway:\n  port: {self.port}\n"
+            "timeouts:\n  ready_seconds: 120\n" + extra_config
+        )
+
+    def write(self, text: str, name: str = "iris.yaml") -> None:
+        (self.folder / name).write_text(text)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env.update(extra or {})
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "declare", *args, str(self.folder)]
+
+    def declare(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, env=self.env(env)
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/serving-endpoints/iris/invocations"
+
+    def predict(self) -> httpx.Response:
+        return httpx.post(self.url, json={"dataframe_split": IRIS_ROW}, timeout=30)
+
+    def state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.folder / "state" / "declare.tfstate.json").read_text()
+        )
+        return data
+
+    def recorded_pids(self) -> list[procs.ProcessId]:
+        return [
+            procs.ProcessId.from_json(rep["handle"]["data"])
+            for ep in self.state()["endpoints"].values()
+            for rep in ep["replicas"]
+        ]
+
+    def provider_records(self) -> list[dict[str, Any]]:
+        """The local provider's own replica records (what runs, without the state file)."""
+        folder = self.folder / "state" / "local" / "replicas"
+        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+    def gateway_pid(self) -> procs.ProcessId:
+        record = json.loads((self.folder / "state" / "gateway" / "gateway.json").read_text())
+        return procs.ProcessId.from_json(record["process"])
+
+
+class Load:
+    """Continuous requests from a few threads until stopped: bounded in count and time."""
+
+    def __init__(
+        self, url: str, threads: int = 4, max_requests: int = 20_000, max_seconds: float = 240
+    ) -> None:
+        self.url = url
+        self.results: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.failed_by_entity: Counter[str] = Counter()
+        self.failure_times: list[float] = []
+        self._stop = threading.Event()
+        self._budget = max_requests
+        self._max_seconds = max_seconds
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._max_seconds
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                with self._lock:
+                    if self._budget <= 0:
+                        return
+                    self._budget -= 1
+                served = "?"
+                try:
+                    r = client.post(self.url, json={"dataframe_split": IRIS_ROW})
+                    key = str(r.status_code)
+                    served = r.headers.get("served-model-name", "?")
+                except httpx.HTTPError as exc:
+                    key = type(exc).__name__
+                with self._lock:
+                    self.results[key] += 1
+                    self.served[served] += 1
+                    if key != "200":
+                        self.failed_by_entity[served] += 1
+                        self.failure_times.append(time.monotonic())
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    @property
+    def sent(self) -> int:
+        return sum(self.results.values())
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.results["200"]
