@@ -18,7 +18,7 @@ from typing import Any
 
 from declare import secrets
 from declare.dag import Outcome, walk
-from declare.diff import Change
+from declare.diff import Change, EndpointChange
 from declare.errors import DeclareError, GatewayError, RolloutGuardError
 from declare.gateway.process import start_gateway, stop_gateway
 from declare.model import (
@@ -200,6 +200,8 @@ class Executor:
             self._begun.add(name)
             self._started_at[name] = time.monotonic()
             change = self._changes[name]
+            if _refresh_only(change):
+                return
             pending = change.after.spec if change.after else None
             self._update(
                 name,
@@ -208,6 +210,8 @@ class Executor:
         self._push_best_effort()  # the management API shows IN_PROGRESS
 
     def _finish(self, name: str, kind: Change) -> None:
+        if _refresh_only(self._changes[name]):
+            return
         if kind is Change.DELETE:
             with self._lock:
                 self._commit(self.state.without_endpoint(name))
@@ -499,6 +503,11 @@ class Executor:
     def _do_stop_orphan(self, action: Action) -> None:
         handle = ReplicaHandle.from_json(action.payload["handle"])
         self.project.provider(handle.provider).stop_replica(handle, grace_seconds=5.0)
+
+
+def _refresh_only(change: EndpointChange) -> bool:
+    """A refresh-only update: it forgets dead replicas and leaves the config and status."""
+    return change.kind is Change.UPDATE and change.after is None
 
 
 def judge(guards: Guards, figures: Mapping[str, Mapping[str, Any]]) -> str:

@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,9 +23,15 @@ import typer
 from declare import __version__
 from declare.commands import register_all
 from declare.diff import Change
-from declare.errors import ApplyFailedError, ConfigError, DeclareError, ManifestError
-from declare.plan import Plan, render_human, render_json
-from declare.project import Project, open_project
+from declare.errors import (
+    ApplyFailedError,
+    ConfigError,
+    DeclareError,
+    ManifestError,
+    StaleStateError,
+)
+from declare.plan import Plan, render_human, render_json, saved
+from declare.project import Planned, PlanOptions, Project, open_project
 from declare.state.document import State
 
 app = typer.Typer(
@@ -107,12 +114,60 @@ def _diagnostics(exc: ManifestError) -> dict[str, Any]:
 # -- plan / apply / destroy --------------------------------------------------------------
 
 
-def _make_plan(project: Project, state: State, destroy: bool) -> Plan:
-    specs = () if destroy else project.load_specs()
+TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Plan only this endpoint (repeatable; Terraform's -target).",
+        metavar="ENDPOINT",
+    ),
+]
+ReplaceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--replace",
+        help="Restart this served entity's replicas on purpose (repeatable).",
+        metavar="ENDPOINT/ENTITY",
+    ),
+]
+RefreshOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh-only",
+        help="Only make the state match what really runs (forget dead replicas); "
+        "change nothing that runs.",
+    ),
+]
+
+
+def _options(
+    destroy: bool,
+    targets: list[str] | None,
+    replace: list[str] | None,
+    refresh_only: bool,
+) -> PlanOptions:
+    pairs = set()
+    for item in replace or []:
+        endpoint, sep, entity = item.partition("/")
+        if not sep or not endpoint or not entity:
+            raise ConfigError(f"--replace {item!r}: write it as ENDPOINT/ENTITY, e.g. iris/iris-1")
+        pairs.add((endpoint, entity))
+    if refresh_only and (destroy or pairs):
+        raise ConfigError("--refresh-only cannot be combined with --destroy or --replace")
+    return PlanOptions(
+        destroy=destroy,
+        targets=frozenset(targets or ()),
+        replace=frozenset(pairs),
+        refresh_only=refresh_only,
+    )
+
+
+def _make_plan(project: Project, state: State, options: PlanOptions) -> Planned:
+    specs = () if options.destroy else project.load_specs()
     project.check_providers(specs)
     project.check_secrets(specs)
     desired = project.resolve(specs)
-    return project.plan(state, desired, destroy=destroy)
+    return project.plan(state, desired, options)
 
 
 FormatOpt = Annotated[
@@ -160,15 +215,40 @@ def plan(
     ] = False,
     lock_timeout: LockTimeout = "0s",
     output_format: FormatOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Save the plan; `declare apply FILE` runs exactly it.", metavar="FILE"
+        ),
+    ] = None,
+    target: TargetOpt = None,
+    replace: ReplaceOpt = None,
+    refresh_only: RefreshOnlyOpt = False,
 ) -> None:
     """Show what apply would do: compare manifests, recorded state and what really runs."""
     view = _output_format(output_format, as_json)
+    options = _options(destroy, target, replace, refresh_only)
     project = open_project(project_dir)
     with project.backend.locked("plan", parse_duration(lock_timeout)):
         state = project.read_state()
-        the_plan = _make_plan(project, state, destroy)
-    _echo_plan(the_plan, view)
-    if detailed_exitcode and the_plan.has_changes:
+        planned = _make_plan(project, state, options)
+    if out is not None:
+        saved.write(
+            saved.SavedPlan(
+                plan=planned.plan,
+                project=project.name,
+                lineage=state.lineage,
+                serial=state.serial,
+                observed=planned.observed,
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ),
+            out,
+        )
+    _echo_plan(planned.plan, view)
+    if out is not None and view == "text":
+        _echo(f"Saved the plan to {out}. To perform exactly these actions, run:")
+        _echo(f"    declare apply {out}")
+    if detailed_exitcode and planned.plan.has_changes:
         raise typer.Exit(2)
 
 
@@ -188,21 +268,32 @@ def _confirm(auto_approve: bool, what: str) -> None:
 
 
 def _run_apply(
-    project_dir: Path, auto_approve: bool, parallelism: int, lock_timeout: str, destroy: bool
+    project_dir: Path,
+    auto_approve: bool,
+    parallelism: int,
+    lock_timeout: str,
+    options: PlanOptions,
+    plan_file: Path | None = None,
 ) -> None:
     if parallelism < 1:
         raise ConfigError("--parallelism must be at least 1")
     started = time.monotonic()
     project = open_project(project_dir)
+    destroy = options.destroy
     operation = "destroy" if destroy else "apply"
     with project.backend.locked(operation, parse_duration(lock_timeout)):
         state = project.read_state()
-        the_plan = _make_plan(project, state, destroy)
-        _echo(render_human(the_plan))
+        if plan_file is not None:
+            the_plan = _load_fresh_plan(project, state, plan_file)
+            destroy = the_plan.destroy
+        else:
+            the_plan = _make_plan(project, state, options).plan
+            _echo(render_human(the_plan))
         if not the_plan.has_changes:
             _print_urls(project, project.read_state())
             return
-        _confirm(auto_approve, "destroy every endpoint" if destroy else "apply this plan")
+        if plan_file is None:
+            _confirm(auto_approve, "destroy every endpoint" if destroy else "apply this plan")
         from declare.apply import Executor
 
         executor = Executor(project, the_plan, state, _echo, parallelism)
@@ -240,6 +331,25 @@ def _run_apply(
     raise ApplyFailedError(f"{word.lower()} failed")
 
 
+def _load_fresh_plan(project: Project, state: State, plan_file: Path) -> Plan:
+    """The saved plan, if it still fits the state and what runs; else StaleStateError."""
+    loaded = saved.read(plan_file)
+    if loaded.project != project.name:
+        raise ConfigError(
+            f"{plan_file} was made for project {loaded.project!r}, this is {project.name!r}: "
+            "run apply in the folder the plan was made in, or give it as DIR"
+        )
+    now = project.observe(state, loaded.plan)
+    reasons = saved.stale_reasons(loaded, state, now)
+    if reasons:
+        raise StaleStateError(
+            f"the saved plan {plan_file} is stale; plan again. What changed since it was made:\n"
+            + "\n".join(f"  - {r}" for r in reasons)
+        )
+    _echo(f"Applying the saved plan {plan_file} (made {loaded.created_at}).")
+    return loaded.plan
+
+
 def _print_urls(project: Project, state: State) -> None:
     if not state.endpoints:
         return
@@ -251,15 +361,53 @@ def _print_urls(project: Project, state: State) -> None:
 
 @app.command()
 def apply(
-    project_dir: DirArg = Path("."),
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A project folder (default: the current folder) or a saved plan file.",
+            show_default=False,
+        ),
+    ] = Path("."),
+    project_dir: Annotated[
+        Path | None,
+        typer.Argument(help="With a saved plan: the project folder.", show_default=False),
+    ] = None,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Skip the confirmation prompt.")
     ] = False,
     parallelism: Annotated[int, typer.Option("--parallelism", help="Actions run at once.")] = 10,
     lock_timeout: LockTimeout = "0s",
+    target: TargetOpt = None,
+    replace: ReplaceOpt = None,
+    refresh_only: RefreshOnlyOpt = False,
 ) -> None:
-    """Plan, ask for confirmation, and carry the plan out with no dropped request."""
-    _run_apply(project_dir, auto_approve, parallelism, lock_timeout, destroy=False)
+    """Plan, ask for confirmation, and carry the plan out with no dropped request.
+
+    Given a saved plan (`declare plan --out FILE`), run exactly it, without a prompt, in the
+    project folder DIR (default: the current folder); refuse it when the state or what runs
+    moved on since it was made.
+    """
+    if path.is_file():
+        if target or replace or refresh_only:
+            raise ConfigError("a saved plan is applied as it is: drop --target/--replace")
+        _run_apply(
+            project_dir or Path("."),
+            True,
+            parallelism,
+            lock_timeout,
+            PlanOptions(),
+            plan_file=path,
+        )
+        return
+    if project_dir is not None:
+        raise ConfigError(f"{path} is a folder: give either a project folder or a saved plan")
+    _run_apply(
+        path,
+        auto_approve,
+        parallelism,
+        lock_timeout,
+        _options(False, target, replace, refresh_only),
+    )
 
 
 @app.command()
@@ -280,7 +428,7 @@ def destroy(
 ) -> None:
     """Stop every endpoint, replica and the gateway of the project."""
     names = _provider_names(project_dir) if prune_images else set()
-    _run_apply(project_dir, auto_approve, parallelism, lock_timeout, destroy=True)
+    _run_apply(project_dir, auto_approve, parallelism, lock_timeout, PlanOptions(destroy=True))
     if prune_images:
         _prune_images(project_dir, names)
 
@@ -318,8 +466,24 @@ def _prune_images(project_dir: Path, names: set[str]) -> None:
 
 
 @app.command()
-def show(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
-    """Show the recorded state."""
+def show(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A project folder (its recorded state) or a saved plan file.", show_default=False
+        ),
+    ] = Path("."),
+    as_json: JsonOpt = False,
+    output_format: FormatOpt = None,
+) -> None:
+    """Show the recorded state, or a saved plan (`declare plan --out FILE`)."""
+    if path.is_file():
+        _echo_plan(saved.read(path).plan, _output_format(output_format, as_json))
+        return
+    if output_format not in (None, "text", "json"):
+        raise ConfigError("--format markdown shows a saved plan; the state has text and json")
+    as_json = as_json or output_format == "json"
+    project_dir = path
     project = open_project(project_dir)
     state = project.read_state()
     if as_json:

@@ -123,8 +123,13 @@ def diff(
     state: State,
     actual: Actual,
     gateway_recorded_hash: str | None = None,
+    replace_entities: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[EndpointChange, ...]:
-    """One change per endpoint named in the manifests or in the state, sorted by name."""
+    """One change per endpoint named in the manifests or in the state, sorted by name.
+
+    `replace_entities` holds (endpoint, served entity) pairs whose running replicas are
+    replaced on purpose (`plan --replace`), even though nothing about them changed.
+    """
     wanted = {d.spec.name: d for d in desired}
     gateway_fresh = not actual.gateway_running or (
         gateway_recorded_hash is not None and gateway_recorded_hash != actual.gateway_settings_hash
@@ -137,7 +142,7 @@ def diff(
             assert r is not None
             change = _delete(r, actual)
         else:
-            change = _create_or_update(d, r, actual, gateway_fresh)
+            change = _create_or_update(d, r, actual, gateway_fresh, replace_entities)
         before = _capacity_now(r, actual) if r else 0
         after = _capacity_wanted(d) if d else 0
         out.append(
@@ -183,7 +188,11 @@ def _delete(r: EndpointRecord, actual: Actual) -> EndpointChange:
 
 
 def _create_or_update(
-    d: DesiredEndpoint, r: EndpointRecord | None, actual: Actual, gateway_fresh: bool
+    d: DesiredEndpoint,
+    r: EndpointRecord | None,
+    actual: Actual,
+    gateway_fresh: bool,
+    replace_entities: frozenset[tuple[str, str]] = frozenset(),
 ) -> EndpointChange:
     recorded = r.replicas if r else ()
     starts: list[ReplicaStart] = []
@@ -193,8 +202,9 @@ def _create_or_update(
         gen = d.generation(entity)
         same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
         by_index: dict[int, str] = {}
+        forced = (d.spec.name, entity.name) in replace_entities
         for x in same:
-            if x.retired or not x.ready or x.index >= entity.replica_count:
+            if forced or x.retired or not x.ready or x.index >= entity.replica_count:
                 continue
             if x.index in by_index:
                 continue
@@ -211,6 +221,8 @@ def _create_or_update(
             dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
             if r is None or r.spec is None:
                 reason = "new"
+            elif forced:
+                reason = "replace requested"
             elif dead is not None:
                 reason = f"replaces {dead.id}"
             elif (

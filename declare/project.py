@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from declare import secrets
 from declare.config import ProjectConfig, load_config
-from declare.diff import Actual, DesiredEndpoint, diff
+from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff
 from declare.errors import (
     ConfigError,
     DeclareError,
@@ -31,6 +32,7 @@ from declare.gateway.table import RoutingTable
 from declare.manifests import load_project_manifests
 from declare.model import EndpointSpec, ReplicaHandle, ResolvedModel, canonical_json
 from declare.plan import GatewayInput, Plan, PlanInput, build_plan
+from declare.plan.saved import observe
 from declare.provider import BuildInfo, Provider, ProviderContext, ReplicaStatus, load_provider
 from declare.resolve import Resolver
 from declare.state.backend import StateBackend
@@ -203,11 +205,47 @@ class Project:
                 out[gen] = provider.build_info(d.models[e.name], e.workload_type)
         return out
 
-    def plan(self, state: State, desired: tuple[DesiredEndpoint, ...], destroy: bool) -> Plan:
+    def observe(self, state: State, plan: Plan) -> dict[str, Any]:
+        """What runs now, in the terms a saved plan recorded (for the staleness check)."""
+        desired = tuple(c.after for c in plan.changes if c.after is not None)
         actual = self.refresh(state, desired)
+        return observe(actual, self.builds(desired))
+
+    def plan(
+        self,
+        state: State,
+        desired: tuple[DesiredEndpoint, ...],
+        options: PlanOptions | None = None,
+    ) -> Planned:
+        opts = options or PlanOptions()
+        actual = self.refresh(state, desired)
+        builds = self.builds(desired)
         recorded_hash = state.gateway.settings_hash if state.gateway else None
-        changes = diff(desired, state, actual, recorded_hash)
-        return build_plan(
+        changes = diff(desired, state, actual, recorded_hash, opts.replace)
+        known = {c.name for c in changes}
+        for endpoint, entity in sorted(opts.replace):
+            d = next((x for x in desired if x.spec.name == endpoint), None)
+            if d is None or all(e.name != entity for e in d.spec.entities):
+                raise ConfigError(
+                    f"--replace {endpoint}/{entity}: no such served entity in the manifests"
+                )
+        unknown = sorted(opts.targets - known)
+        if unknown:
+            raise ConfigError(
+                f"--target {', '.join(unknown)}: no such endpoint in the manifests or the "
+                f"state; endpoints: {', '.join(sorted(known)) or 'none'}"
+            )
+        orphans = actual.orphans
+        gateway_needed = None
+        if opts.targets:
+            changes = tuple(c for c in changes if c.name in opts.targets)
+            orphans = ()
+            gateway_needed = bool(desired) or any(n not in opts.targets for n in state.endpoints)
+        if opts.refresh_only:
+            changes = tuple(_refresh_only(c) for c in changes)
+            orphans = ()
+            gateway_needed = actual.gateway_running
+        plan = build_plan(
             PlanInput(
                 project=self.name,
                 changes=changes,
@@ -216,13 +254,50 @@ class Project:
                     host=self.config.gateway_host,
                     port=self.config.gateway_port,
                     settings_hash=actual.gateway_settings_hash,
-                    recorded_hash=recorded_hash,
+                    # refresh-only never starts, restarts or stops the gateway
+                    recorded_hash=None if opts.refresh_only else recorded_hash,
                 ),
-                builds=self.builds(desired),
-                orphans=actual.orphans,
-                destroy=destroy,
+                builds=builds,
+                orphans=orphans,
+                destroy=opts.destroy,
+                gateway_needed=gateway_needed,
             )
         )
+        return Planned(plan, observe(actual, builds), actual)
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Terraform's planning modes: -destroy, -target, -replace, -refresh-only."""
+
+    destroy: bool = False
+    targets: frozenset[str] = frozenset()
+    replace: frozenset[tuple[str, str]] = frozenset()  # (endpoint, served entity)
+    refresh_only: bool = False
+
+
+@dataclass(frozen=True)
+class Planned:
+    plan: Plan
+    observed: dict[str, Any]  # what the refresh saw, for saved plans (declare.plan.saved)
+    actual: Actual
+
+
+def _refresh_only(c: EndpointChange) -> EndpointChange:
+    """Only what happened outside declare: dead replicas are forgotten; nothing restarts."""
+    if c.before is None:
+        return replace(c, kind=Change.NOOP, starts=(), stops=(), forgets=(), route_push=False)
+    return replace(
+        c,
+        kind=Change.UPDATE if c.forgets else Change.NOOP,
+        fields=(),
+        starts=(),
+        stops=(),
+        after=None,
+        route_push=False,
+        capacity_after=c.capacity_before,
+        capacity_peak=c.capacity_before,
+    )
 
 
 def open_project(

@@ -69,6 +69,16 @@ class CliProject:
             self.argv(*args), capture_output=True, text=True, timeout=timeout, env=self.env(env)
         )
 
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """The CLI with exactly these arguments (no project folder appended)."""
+        return subprocess.run(
+            [sys.executable, "-m", "declare", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+        )
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/serving-endpoints/iris/invocations"

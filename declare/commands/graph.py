@@ -33,12 +33,12 @@ def graph(
     if render is None:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(RENDERERS)}")
     from declare.cli import _make_plan, parse_duration
-    from declare.project import open_project
+    from declare.project import PlanOptions, open_project
 
     project = open_project(project_dir)
     with project.backend.locked("plan", parse_duration(lock_timeout)):
-        the_plan = _make_plan(project, project.read_state(), destroy)
-    typer.echo(render(the_plan), nl=False)
+        planned = _make_plan(project, project.read_state(), PlanOptions(destroy=destroy))
+    typer.echo(render(planned.plan), nl=False)
 
 
 def register(app: typer.Typer, state_app: typer.Typer) -> None:

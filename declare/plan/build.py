@@ -47,6 +47,9 @@ class PlanInput:
     builds: Mapping[str, BuildInfo] = field(default_factory=dict)  # by generation
     orphans: tuple[ReplicaHandle, ...] = ()
     destroy: bool = False
+    # Whether an endpoint still needs the gateway after this plan; None: judge from
+    # `changes` (a targeted plan passes it, since endpoints it leaves out still serve).
+    gateway_needed: bool | None = None
 
 
 class _Graph:
@@ -87,7 +90,10 @@ def build_plan(inp: PlanInput) -> Plan:
     inp = replace(inp, changes=tuple(_label_rebuilds(c, builds) for c in inp.changes))
     tails: list[str] = []
     for change in inp.changes:
-        if change.kind in (Change.CREATE, Change.UPDATE):
+        if change.kind is Change.UPDATE and change.after is None:
+            # refresh-only: forget what died outside declare; nothing else
+            tails += _retire(g, change.name, (), change.forgets, None)
+        elif change.kind in (Change.CREATE, Change.UPDATE):
             tails += _create_or_update(g, inp, change, start_gw, builds)
         elif change.kind is Change.DELETE:
             tails += _delete(g, change)
@@ -100,6 +106,8 @@ def build_plan(inp: PlanInput) -> Plan:
 
 
 def _gateway_needed(inp: PlanInput) -> bool:
+    if inp.gateway_needed is not None:
+        return inp.gateway_needed
     return any(c.after is not None for c in inp.changes)
 
 
@@ -160,7 +168,7 @@ def _builds(g: _Graph, inp: PlanInput) -> dict[str, str]:
                     f"build[{info.key}]",
                     ActionKind.BUILD,
                     None,
-                    f"build {info.ref or info.key} for {start.model.describe()}",
+                    f"build {info.ref or info.key} for {start.model.describe()} (not cached)",
                     {
                         "provider": change.provider,
                         "model": start.model.to_json(),
@@ -187,6 +195,17 @@ def _label_rebuilds(change: EndpointChange, builds: Mapping[str, str]) -> Endpoi
         for f in change.fields
     )
     return replace(change, fields=fields)
+
+
+def _build_note(info: BuildInfo | None) -> str:
+    """How a start-replica line names its build: '; image REF (cached)' when one exists.
+
+    A needed build that is not cached has its own `build` action ("... (not cached)"), so
+    the plan says for each build whether it is cached.
+    """
+    if info is None or not info.needed:
+        return ""
+    return f"; image {info.ref or info.key}" + (" (cached)" if info.cached else "")
 
 
 # 3-5. create / update ------------------------------------------------------------------
@@ -222,7 +241,7 @@ def _create_or_update(
                 ActionKind.START_REPLICA,
                 name,
                 f"start replica {s.entity.name}[{s.index}] serving {s.model.describe()}"
-                f" ({change.provider}; {s.reason})",
+                f" ({change.provider}; {s.reason}{_build_note(inp.builds.get(s.generation))})",
                 {"slot": slot, "replica_spec": spec.to_json()},
             )
         )
