@@ -48,10 +48,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from declare import procs, secrets
+from declare import procs
 from declare.errors import ConfigError, ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
+from declare.secrets import without_secrets
 
 __all__ = ["LocalProvider", "LocalSettings"]
 
@@ -201,7 +202,7 @@ class LocalProvider:
             env = procs.venv_path_env(
                 {
                     # Secrets of other replicas stay out; this one's come in environment_vars.
-                    **secrets.without_secrets(os.environ),
+                    **without_secrets(os.environ),
                     **spec.model_env,
                     **spec.environment_vars,
                     # Lets an operator find declare's processes with `grep` in /proc/*/environ.
