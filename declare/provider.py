@@ -83,6 +83,18 @@ class Provider(Protocol):
         """The last `tail` lines of the replica's log."""
 
 
+@runtime_checkable
+class ImagePruning(Protocol):
+    """Optional: a provider that builds images can remove those the project used.
+
+    `declare destroy --prune-images` calls it after a successful destroy, on every provider
+    of the project that has it; providers without images (local, fake) simply lack it.
+    """
+
+    def prune_images(self) -> list[str]:
+        """Remove the images this project used that nothing uses now; return their names."""
+
+
 def load_provider(name: str, context: ProviderContext) -> Provider:
     """Instantiate the provider registered under `name` in the entry-point group."""
     for ep in entry_points(group="declare.providers"):
