@@ -323,6 +323,17 @@ class Guards:
     def any(self) -> bool:
         return self.max_error_rate is not None or self.max_p99_latency_ms is not None
 
+    def rollback_condition(self) -> str:
+        """E.g. 'error rate > 0.01 or p99 > 500 ms (judged from 20 requests)'; '' if none."""
+        checks = []
+        if self.max_error_rate is not None:
+            checks.append(f"error rate > {self.max_error_rate:g}")
+        if self.max_p99_latency_ms is not None:
+            checks.append(f"p99 > {self.max_p99_latency_ms:g} ms")
+        if not checks:
+            return ""
+        return f"{' or '.join(checks)} (judged from {self.min_requests} requests)"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "max_error_rate": self.max_error_rate,

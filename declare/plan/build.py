@@ -349,13 +349,8 @@ def _bake(
     watch: list[list[str]],
     after: str,
 ) -> str:
-    guards = policy.guards
-    checks = []
-    if guards.max_error_rate is not None:
-        checks.append(f"error rate <= {guards.max_error_rate:g}")
-    if guards.max_p99_latency_ms is not None:
-        checks.append(f"p99 <= {guards.max_p99_latency_ms:g} ms")
-    judged = f"; guards {', '.join(checks)} once {guards.min_requests} requests" if checks else ""
+    condition = policy.guards.rollback_condition()
+    judged = f"; roll back if {condition}" if condition else ""
     bake_id = g.add(
         Action(
             f"endpoint.{name}.bake[{step}]",
@@ -368,7 +363,7 @@ def _bake(
                 "step": step,
                 "of": of,
                 "seconds": policy.bake_seconds,
-                "guards": guards.to_json(),
+                "guards": policy.guards.to_json(),
                 "watch": watch,
             },
         )

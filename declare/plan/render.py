@@ -75,14 +75,9 @@ def _rollout_line(plan: Plan, c: EndpointChange) -> str | None:
     text = f"rollout  = {policy.strategy} " + " -> ".join(f"{p}%" for p in policy.steps)
     if policy.bakes:
         text += f", bake {policy.bake_seconds:g}s after each step"
-    g = policy.guards
-    checks = []
-    if g.max_error_rate is not None:
-        checks.append(f"error rate > {g.max_error_rate:g}")
-    if g.max_p99_latency_ms is not None:
-        checks.append(f"p99 > {g.max_p99_latency_ms:g} ms")
-    if checks:
-        text += f"; roll back if {' or '.join(checks)} (judged from {g.min_requests} requests)"
+    condition = policy.guards.rollback_condition()
+    if condition:
+        text += f"; roll back if {condition}"
     if policy.deadline_seconds:
         text += f"; deadline {policy.deadline_seconds:g}s"
     return text

@@ -7,12 +7,9 @@ Golden files: tests/unit/testdata/fmt/<case>.in.<ext> is formatted and compared 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,9 +17,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declare.cli import main
 from declare.errors import ManifestError
 from declare.fmt import format_text
+from tests.unit.conftest import Ran
 
 TESTDATA = Path(__file__).parent / "testdata" / "fmt"
 REPO = Path(__file__).resolve().parents[2]
@@ -97,33 +94,6 @@ def test_any_document_keeps_its_meaning_and_is_stable(data: dict[str, object], f
 
 
 # -- the command --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def declare_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Ran]:
-    """Run `declare ARGS...` in this process, through `main()` and its error mapping."""
-
-    def run(*args: str, cwd: Path, stdin: str = "") -> Ran:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["declare", *args])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main()
-        out = capsys.readouterr()
-        code = info.value.code
-        return Ran(code if isinstance(code, int) else 1, out.out, out.err)
-
-    return run
 
 
 UNFORMATTED = (

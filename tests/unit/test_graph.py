@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from declare.cli import main
 from declare.diff import diff
 from declare.plan import GatewayInput, PlanInput, build_plan
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.plan.graphviz import render_dot, render_mermaid
+from tests.unit.conftest import Ran
 from tests.unit.planning_fixtures import applied, desired
 
 
@@ -69,31 +67,6 @@ def test_quotes_in_summaries_cannot_break_either_syntax() -> None:
 
 
 # -- the commands, on a project served by the in-memory fake provider ----------------------
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def declare_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Ran]:
-    """Run `declare ARGS...` in this process, through `main()` and its error mapping."""
-
-    def run(*args: str) -> Ran:
-        monkeypatch.setattr(sys, "argv", ["declare", *args])
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main()
-        out = capsys.readouterr()
-        code = info.value.code
-        return Ran(code if isinstance(code, int) else 1, out.out, out.err)
-
-    return run
 
 
 @pytest.fixture

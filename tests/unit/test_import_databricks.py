@@ -6,50 +6,20 @@ Golden file: tests/unit/testdata/import/get-endpoint.yaml is the import of get-e
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from declare.cli import main
 from declare.errors import ConfigError
 from declare.importers.databricks import import_response, to_yaml
 from declare.manifests import load_manifest_file
+from tests.unit.conftest import Ran
 
 TESTDATA = Path(__file__).parent / "testdata" / "import"
 GET = TESTDATA / "get-endpoint.json"
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def declare_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Ran]:
-    """Run `declare ARGS...` in this process, through `main()` and its error mapping."""
-
-    def run(*args: str, cwd: Path, stdin: str = "") -> Ran:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["declare", *args])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main()
-        out = capsys.readouterr()
-        code = info.value.code
-        return Ran(code if isinstance(code, int) else 1, out.out, out.err)
-
-    return run
 
 
 def test_golden_and_read_only_fields_dropped() -> None:
