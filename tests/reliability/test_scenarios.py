@@ -220,3 +220,26 @@ def test_second_apply_waits_for_the_lock_then_names_the_holder(project: CliProje
     finally:
         first.wait(timeout=300)
     assert first.returncode == 0
+
+
+def test_g_rollout_past_its_deadline_rolls_back(project: CliProject) -> None:
+    _ok(_apply(project))
+    slow = (
+        "rollout:\n  strategy: canary\n  steps: [50, 100]\n"
+        "  bake_seconds: 60\n  deadline_seconds: 15\n"
+    )
+    project.write(manifest("iris", "2", rollout=slow))
+    with Load(project.url, threads=2) as load:
+        t0 = time.monotonic()
+        result = _apply(project)
+        took = time.monotonic() - t0
+        time.sleep(1)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "rollout deadline passed" in result.stderr
+    assert took < 60, "the bake was not cut short by the deadline"
+    ep = project.state()["endpoints"]["iris"]
+    assert ep["status"]["config_update"] == "UPDATE_FAILED"
+    assert [r["served_entity_name"] for r in ep["routes"]] == ["iris-1"]
+    assert project.predict().headers["served-model-name"] == "iris-1"
+    record("(g) rollout past its deadline", load.sent, load.failed, "rolled back to iris-1")
+    assert load.failed == 0, load.results
