@@ -1,17 +1,18 @@
-"""The `declare` command line (Typer): one function per subcommand, one error handler.
+"""The `declare` command line (Typer): the core flow and the one error handler.
 
-Commands read like Terraform's: validate, plan, apply, destroy, show, status, state list,
-state show, force-unlock, logs. Every command takes the project folder as an optional last
-argument (default: the current folder). Errors a user can cause are `DeclareError`s, printed
-without a traceback; `main()` maps them to exit codes in one place:
-0 success (plan: no changes), 1 error, 2 changes present (plan --detailed-exitcode).
+This module holds validate, plan, apply and destroy; the other subcommands (show, status,
+state list/show/push/pull, force-unlock, logs, fmt, graph, import) live in
+`declare.commands`, one module each, registered by `register_all`. Every command takes
+the project folder as an optional last argument (default: the current folder). Errors a
+user can cause are `DeclareError`s, printed without a traceback; `main()` maps them to
+exit codes in one place: 0 success (plan: no changes), 1 error, 2 changes present
+(plan --detailed-exitcode).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,6 +23,18 @@ import typer
 
 from declare import __version__
 from declare.commands import register_all
+from declare.commands._common import (
+    DirArg,
+    FormatOpt,
+    JsonOpt,
+    LockTimeout,
+    parse_duration,
+)
+from declare.commands._common import confirm as _confirm
+from declare.commands._common import echo as _echo
+from declare.commands._common import echo_plan as _echo_plan
+from declare.commands._common import err as _err
+from declare.commands._common import output_format as _output_format
 from declare.diff import Change
 from declare.errors import (
     ApplyFailedError,
@@ -30,7 +43,7 @@ from declare.errors import (
     ManifestError,
     StaleStateError,
 )
-from declare.plan import Plan, render_human, render_json, saved
+from declare.plan import Plan, render_human, saved
 from declare.project import Planned, PlanOptions, Project, open_project
 from declare.state.document import State
 
@@ -42,36 +55,6 @@ app = typer.Typer(
 )
 state_app = typer.Typer(help="Read the recorded state.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
-
-DirArg = Annotated[
-    Path, typer.Argument(help="Project folder (default: the current folder).", show_default=False)
-]
-LockTimeout = Annotated[
-    str,
-    typer.Option(
-        "--lock-timeout",
-        help="How long to wait for the state lock: 0s, 30s, 5m.",
-        metavar="DURATION",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def _echo(text: str = "") -> None:
-    typer.echo(text)
-
-
-def _err(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not m:
-        raise ConfigError(f"--lock-timeout: {text!r} is not a duration such as 0s, 30s, 5m or 1h")
-    value = float(m[1])
-    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m[2]]
-
 
 # -- validate -----------------------------------------------------------------------------
 
@@ -170,38 +153,6 @@ def _make_plan(project: Project, state: State, options: PlanOptions) -> Planned:
     return project.plan(state, desired, options)
 
 
-FormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--format",
-        help="Output: text (default), json (as --json) or markdown (a pull-request comment).",
-        metavar="FORMAT",
-        show_default=False,
-    ),
-]
-PLAN_FORMATS = ("text", "json", "markdown")
-
-
-def _output_format(output_format: str | None, as_json: bool) -> str:
-    """The plan view asked for; `--json` is an alias of `--format json`."""
-    if output_format is not None and output_format not in PLAN_FORMATS:
-        raise ConfigError(f"--format: {output_format!r} is not one of {', '.join(PLAN_FORMATS)}")
-    if as_json and output_format not in (None, "json"):
-        raise ConfigError(f"--json and --format {output_format} ask for two outputs: pick one")
-    return "json" if as_json else output_format or "text"
-
-
-def _echo_plan(the_plan: Plan, view: str) -> None:
-    if view == "json":
-        _echo(json.dumps(render_json(the_plan), indent=2, sort_keys=False))
-    elif view == "markdown":
-        from declare.plan.markdown import render_markdown
-
-        typer.echo(render_markdown(the_plan), nl=False)
-    else:
-        _echo(render_human(the_plan))
-
-
 @app.command()
 def plan(
     project_dir: DirArg = Path("."),
@@ -250,21 +201,6 @@ def plan(
         _echo(f"    declare apply {out}")
     if detailed_exitcode and planned.plan.has_changes:
         raise typer.Exit(2)
-
-
-def _confirm(auto_approve: bool, what: str) -> None:
-    if auto_approve:
-        return
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            f"{what} needs confirmation, and there is no terminal to ask: "
-            "pass --auto-approve to approve non-interactively"
-        )
-    _echo(f"Do you want to perform these actions? declare will {what}.")
-    answer = typer.prompt("Only 'yes' will be accepted to approve", default="", show_default=False)
-    if answer.strip() != "yes":
-        _echo("Apply cancelled.")
-        raise typer.Exit(1)
 
 
 def _run_apply(
@@ -460,166 +396,6 @@ def _prune_images(project_dir: Path, names: set[str]) -> None:
                 f"{name}: removed {len(removed)} image(s){': ' if removed else ''}"
                 + ", ".join(removed)
             )
-
-
-# -- show / status / state / logs --------------------------------------------------------
-
-
-@app.command()
-def show(
-    path: Annotated[
-        Path,
-        typer.Argument(
-            help="A project folder (its recorded state) or a saved plan file.", show_default=False
-        ),
-    ] = Path("."),
-    as_json: JsonOpt = False,
-    output_format: FormatOpt = None,
-) -> None:
-    """Show the recorded state, or a saved plan (`declare plan --out FILE`)."""
-    if path.is_file():
-        _echo_plan(saved.read(path).plan, _output_format(output_format, as_json))
-        return
-    if output_format not in (None, "text", "json"):
-        raise ConfigError("--format markdown shows a saved plan; the state has text and json")
-    as_json = as_json or output_format == "json"
-    project_dir = path
-    project = open_project(project_dir)
-    state = project.read_state()
-    if as_json:
-        _echo(json.dumps(state.to_json(), indent=2))
-        return
-    if not state.endpoints:
-        _echo("The state is empty: no endpoint has been applied.")
-        return
-    _echo(f"# state serial {state.serial}, lineage {state.lineage}")
-    for name, ep in sorted(state.endpoints.items()):
-        _echo(f'endpoint "{name}" ({ep.provider}): {ep.config_update}, config v{ep.config_version}')
-        if ep.message:
-            _echo(f"  message: {ep.message.splitlines()[0]}")
-        for r in ep.routes:
-            model = ep.models.get(r.served_entity_name)
-            desc = model.describe() if model else "?"
-            _echo(f"  route {r.served_entity_name} {r.traffic_percentage}% -> {desc}")
-        for rep in ep.replicas:
-            flag = "in rotation" if rep.ready and not rep.retired else "not in rotation"
-            _echo(f"  replica {rep.id} [{rep.entity}] {rep.handle.url} ({flag})")
-        _echo(f"  url: {project.invocation_url(name)}")
-
-
-@app.command()
-def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
-    """Live status of each endpoint, as the gateway serves it (Databricks shape)."""
-    from declare.provider import Liveness
-    from declare.routing import describe
-
-    project = open_project(project_dir)
-    state = project.read_state()
-    client = project.gateway_client()
-    gateway = "running" if client is not None else "not running"
-    out = []
-    for name, ep in sorted(state.endpoints.items()):
-        desc = describe(ep)
-        alive = 0
-        for rep in ep.replicas:
-            s = project.provider(rep.handle.provider).status(rep.handle)
-            alive += s.liveness is Liveness.ALIVE
-        desc["declare"] = {
-            "invocation_url": project.invocation_url(name),
-            "replicas_alive": alive,
-            "replicas_recorded": len(ep.replicas),
-            "message": ep.message,
-        }
-        out.append(desc)
-    if as_json:
-        _echo(json.dumps({"gateway": gateway, "endpoints": out}, indent=2))
-        return
-    _echo(f"gateway: {gateway} on {project.config.gateway_host}:{project.config.gateway_port}")
-    if not out:
-        _echo("no endpoints")
-    for d in out:
-        extra = d["declare"]
-        _echo(
-            f"{d['name']}: {d['state']['ready']}, {d['state']['config_update']}, "
-            f"{extra['replicas_alive']}/{extra['replicas_recorded']} replicas alive, "
-            f"{extra['invocation_url']}"
-        )
-        if extra["message"]:
-            _echo(f"  {extra['message'].splitlines()[0]}")
-
-
-@state_app.command("list")
-def state_list(project_dir: DirArg = Path(".")) -> None:
-    """List the addresses of everything in the recorded state."""
-    state = open_project(project_dir).read_state()
-    if state.gateway:
-        _echo("gateway")
-    for name, ep in sorted(state.endpoints.items()):
-        _echo(f"endpoint.{name}")
-        for rep in ep.replicas:
-            _echo(f"endpoint.{name}.replica[{rep.id}]")
-
-
-@state_app.command("show")
-def state_show(
-    address: Annotated[str, typer.Argument(help="An address from `declare state list`.")],
-    project_dir: DirArg = Path("."),
-) -> None:
-    """Show one item of the recorded state as JSON."""
-    state = open_project(project_dir).read_state()
-    doc = state.to_json()
-    if address == "gateway" and doc["gateway"]:
-        _echo(json.dumps(doc["gateway"], indent=2))
-        return
-    m = re.fullmatch(r"endpoint\.([^.\[]+)(?:\.replica\[([^\]]+)\])?", address)
-    if m and m[1] in doc["endpoints"]:
-        ep = doc["endpoints"][m[1]]
-        if m[2] is None:
-            _echo(json.dumps(ep, indent=2))
-            return
-        for rep in ep["replicas"]:
-            if rep["handle"]["id"] == m[2]:
-                _echo(json.dumps(rep, indent=2))
-                return
-    raise ConfigError(f"no {address!r} in the state; see `declare state list`")
-
-
-@app.command("force-unlock")
-def force_unlock(
-    lock_id: Annotated[str, typer.Argument(help="The lock ID that the lock error printed.")],
-    project_dir: DirArg = Path("."),
-    force: Annotated[bool, typer.Option("--force", help="Do not ask for confirmation.")] = False,
-) -> None:
-    """Remove a stuck state lock. Only when you know its holder is gone."""
-    project = open_project(project_dir)
-    if not force:
-        _confirm(False, f"remove the state lock {lock_id}")
-    project.backend.force_unlock(lock_id)
-    _echo(f"declare state has been successfully unlocked (lock {lock_id}).")
-
-
-@app.command()
-def logs(
-    endpoint: Annotated[str, typer.Argument(help="Endpoint name.")],
-    entity: Annotated[str | None, typer.Argument(help="Served entity name (default: all).")] = None,
-    project_dir: Annotated[Path, typer.Option("--project", "-C", help="Project folder.")] = Path(
-        "."
-    ),
-    tail: Annotated[int, typer.Option("--tail", help="Lines per replica.")] = 50,
-) -> None:
-    """Show the logs of an endpoint's replicas."""
-    project = open_project(project_dir)
-    state = project.read_state()
-    ep = state.endpoints.get(endpoint)
-    if ep is None:
-        known = ", ".join(sorted(state.endpoints)) or "none"
-        raise ConfigError(f"no endpoint {endpoint!r} in the state; endpoints: {known}")
-    replicas = [r for r in ep.replicas if entity is None or r.entity == entity]
-    if not replicas:
-        raise ConfigError(f"endpoint {endpoint!r} has no replica of {entity!r}")
-    for rep in replicas:
-        _echo(f"==> {rep.id} ({rep.entity}) <==")
-        _echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
 
 
 register_all(app, state_app)

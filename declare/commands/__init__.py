@@ -1,8 +1,9 @@
 """Subcommands that live outside `declare/cli.py`, one module each.
 
 Each module has `register(app, state_app)`, which adds its commands to the Typer apps;
-`register_all` calls them in the order of `MODULES`. Shared CLI helpers (error mapping,
-duration parsing, confirmation) stay in `declare.cli`.
+`register_all` calls them in the order of `MODULES`. Shared CLI helpers (argument types,
+output, duration parsing, confirmation) are in `declare.commands._common`; the error mapping
+stays in `declare.cli.main`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 
 import typer
 
-MODULES: tuple[str, ...] = ("fmt", "graph", "importer", "state_transfer")
+MODULES: tuple[str, ...] = ("inspect", "fmt", "graph", "importer", "state_transfer")
 
 
 def register_all(app: typer.Typer, state_app: typer.Typer) -> None:

@@ -32,7 +32,8 @@ def graph(
     render = RENDERERS.get(fmt)
     if render is None:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(RENDERERS)}")
-    from declare.cli import _make_plan, parse_duration
+    from declare.cli import _make_plan
+    from declare.commands._common import parse_duration
     from declare.project import PlanOptions, open_project
 
     project = open_project(project_dir)

@@ -100,7 +100,7 @@ LockTimeout = Annotated[
 def state_pull(project_dir: DirArg = Path("."), lock_timeout: LockTimeout = "0s") -> None:
     """Print the stored state as JSON (to move it to another backend with push)."""
     # declare.cli imports this module while it registers its commands: import it here.
-    from declare.cli import parse_duration
+    from declare.commands._common import parse_duration
     from declare.project import open_project
 
     backend = open_project(project_dir).backend
@@ -124,7 +124,7 @@ def state_push(
     lock_timeout: LockTimeout = "0s",
 ) -> None:
     """Write a state file into the project's state backend (refuses to lose writes)."""
-    from declare.cli import parse_duration
+    from declare.commands._common import parse_duration
     from declare.project import open_project
 
     pushed = read_state_file(file)
