@@ -32,18 +32,15 @@ Settings (`providers.local` in declare.yaml):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
-import ipaddress
 import json
 import os
 import re
 import secrets
 import shutil
 import sys
-import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ from declare.errors import ConfigError, ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
 from declare.secrets import without_secrets
+from providers._shared import exclusive, loopback_host
 
 __all__ = ["LocalProvider", "LocalSettings"]
 
@@ -63,9 +61,6 @@ _ALLOWED_SETTINGS = ("workers", "host")
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:? ?")
 # The MLflow launcher's own closing line when uvicorn failed: says nothing about why.
 _LAUNCHER_LINE = re.compile(r"^Exception: Command .* returned non zero return code")
-# One lock per records folder for the threads of this process; flock covers other processes.
-_THREAD_LOCKS: dict[Path, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -89,20 +84,11 @@ class LocalSettings:
             raise ConfigError(
                 f"providers.local.workers: must be a whole number of at least 1, got {workers!r}"
             )
-        host = raw.get("host", "127.0.0.1")
-        if not isinstance(host, str):
-            raise ConfigError(f"providers.local.host: must be a string, got {host!r}")
-        if host == "localhost":
-            host = "127.0.0.1"
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
-        if not isinstance(address, ipaddress.IPv4Address) or not address.is_loopback:
-            raise ConfigError(
-                f"providers.local.host: {host!r} is not an IPv4 loopback address; local "
-                "replicas listen on loopback only (e.g. 127.0.0.1, any of 127.0.0.0/8)"
-            )
+        host = loopback_host(
+            raw.get("host", "127.0.0.1"),
+            "providers.local.host",
+            "local replicas listen on loopback only",
+        )
         return cls(workers=workers, host=host)
 
 
@@ -368,16 +354,6 @@ class LocalProvider:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Serialize record changes between threads and between declare processes."""
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        key = self._lock_path.resolve()
-        with _THREAD_LOCKS_GUARD:
-            thread_lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
-        with thread_lock, open(self._lock_path, "a") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        return exclusive(self._lock_path)

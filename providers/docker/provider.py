@@ -29,7 +29,6 @@ other than the base image, scheduling across several engines (the gpu-hosts prov
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -39,7 +38,7 @@ import re
 import secrets
 import tarfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from declare import procs
 from declare.errors import ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
+from providers._shared import exclusive
 from providers.docker import image as images
 from providers.docker.settings import DockerSettings
 from providers.docker.workloads import GPU_COUNTS, gpu_runtime_problem, resources
@@ -72,8 +72,6 @@ SPEC_LABELS = (
 )
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:? ?")
 _LAUNCHER_LINE = re.compile(r"^Exception: Command .* returned non zero return code")
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
 _DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
 
@@ -564,19 +562,9 @@ class DockerProvider:
             if tag not in tags:
                 self._write_images([*tags, tag])
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Serialize port choice and records between threads and declare processes."""
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        key = str(self._lock_path.resolve())
-        with _THREAD_LOCKS_GUARD:
-            thread_lock = _THREAD_LOCKS.setdefault(key, threading.Lock())
-        with thread_lock, open(self._lock_path, "a") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        return exclusive(self._lock_path)
 
 
 def _model_tar(folder: Path) -> bytes:

@@ -23,7 +23,6 @@ Every problem is a `ConfigError` that names the field and says what is allowed.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from declare.errors import ConfigError
+from providers._shared import loopback_host
 
 __all__ = ["DEFAULT_BASE_IMAGE", "DockerSettings", "parse_memory"]
 
@@ -123,18 +123,11 @@ class DockerSettings:
                 f"providers.docker.image_repo: {image_repo!r} is not an image repository "
                 "name (lowercase letters, digits, '.', '_', '-', '/')"
             )
-        host = text("host", "127.0.0.1")
-        if host == "localhost":
-            host = "127.0.0.1"
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
-        if not isinstance(address, ipaddress.IPv4Address) or not address.is_loopback:
-            raise ConfigError(
-                f"providers.docker.host: {host!r} is not an IPv4 loopback address; replicas "
-                "use host networking and listen on loopback only (e.g. 127.0.0.1)"
-            )
+        host = loopback_host(
+            text("host", "127.0.0.1"),
+            "providers.docker.host",
+            "replicas use host networking and listen on loopback only",
+        )
         cache_raw = raw.get("wheel_cache")
         if cache_raw is None:
             cache = _default_cache()
