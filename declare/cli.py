@@ -53,7 +53,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-state_app = typer.Typer(help="Read the recorded state.", no_args_is_help=True)
+state_app = typer.Typer(
+    help="Read the recorded state, or move it between backends (pull, push).", no_args_is_help=True
+)
 app.add_typer(state_app, name="state")
 
 # -- validate -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
+from declare.commands._common import DirArg, LockTimeout
 from declare.errors import ConfigError, StaleStateError, StateError
 from declare.state.backend import HEADER_KEYS, check_state, encode_state
 
@@ -82,19 +83,6 @@ def read_state_file(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"{path} is not a state file: not JSON ({exc})") from None
     return check_state(data, str(path))
-
-
-DirArg = Annotated[
-    Path, typer.Argument(help="Project folder (default: the current folder).", show_default=False)
-]
-LockTimeout = Annotated[
-    str,
-    typer.Option(
-        "--lock-timeout",
-        help="How long to wait for the state lock: 0s, 30s, 5m.",
-        metavar="DURATION",
-    ),
-]
 
 
 def state_pull(project_dir: DirArg = Path("."), lock_timeout: LockTimeout = "0s") -> None:
