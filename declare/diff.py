@@ -292,7 +292,7 @@ def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
     expected = routing_table(State(endpoints={r.name: r}), 0).endpoints.get(r.name)
     if live is None or expected is None:
         return live is not expected
-    if live.routes != expected.routes:
+    if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
         return True
     for key, replicas in expected.entities.items():
         have = sorted(t.id for t in live.entities.get(key, ()))

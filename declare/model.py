@@ -169,7 +169,8 @@ class EndpointSpec:
     """One endpoint as the manifests ask for it (normalized, models not yet resolved).
 
     `raw` keeps declare-specific sections that later stages read (e.g. `rollout`) and the
-    Databricks fields declare accepts but does not act on (`rate_limits`, `tags`, ...).
+    Databricks fields other stages read (`rate_limits`, enforced by the gateway) or only record
+    (`auto_capture_config`, ...).
     """
 
     name: str

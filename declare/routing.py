@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from declare.gateway.limits import RateLimit, enforced_limits
 from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
 from declare.model import EndpointSpec
 from declare.state.document import NOT_UPDATING, EndpointRecord, State
@@ -48,6 +49,7 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
             entities=entities,
             description=describe(record),
             served_names=served,
+            rate_limits=enforced_limits(record.spec.extra),
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -118,6 +120,10 @@ def describe(record: EndpointRecord) -> dict[str, Any]:
         out["state"]["config_update_message"] = record.message
     if record.spec is not None:
         out["config"] = _config(record.spec, record, record.config_version)
+        if record.spec.extra.get("rate_limits"):
+            out["rate_limits"] = [
+                RateLimit.from_json(entry).to_json() for entry in record.spec.extra["rate_limits"]
+            ]
     if record.pending is not None:
         out["pending_config"] = _config(record.pending, record, record.config_version + 1)
     return out

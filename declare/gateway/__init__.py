@@ -6,6 +6,7 @@ manifests or state. See `table.py` for the routing table's shape.
 
 Modules:
     table     the routing table (the only thing declare sends)
+    limits    rate limits: the values in the table and the fixed-window counters
     routing   pure choice of served entity and replica
     metrics   per endpoint/entity request counts and latency
     server    the aiohttp application            __main__  the process's command line

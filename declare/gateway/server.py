@@ -3,6 +3,8 @@
 Public (bearer auth when `auth_token` is set):
     POST /serving-endpoints/{name}/invocations     forwarded to one replica's /invocations
     GET  /api/2.0/serving-endpoints[/{name}]       endpoint descriptions (Databricks shapes)
+    A request over one of the endpoint's rate limits gets 429 REQUEST_LIMIT_EXCEEDED with
+    Retry-After (see limits.py).
 No auth:
     GET  /_declare/health
 Admin (header X-Declare-Admin-Token):
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -34,6 +37,7 @@ from aiohttp import web
 from yarl import URL
 
 from declare.gateway import ADMIN_HEADER, MAX_BODY_BYTES
+from declare.gateway.limits import RateLimiter
 from declare.gateway.metrics import DEFAULT_CAPACITY, Metrics
 from declare.gateway.routing import (
     CompiledEndpoint,
@@ -130,6 +134,7 @@ class Gateway:
         self.inflight: dict[str, int] = {}  # replica id -> requests in flight
         self._cursors: dict[tuple[str, str], int] = {}  # (endpoint, entity) -> round-robin
         self.metrics = Metrics(config.metrics_capacity)
+        self.limiter = RateLimiter()
         self._session: aiohttp.ClientSession | None = None
         self._bearer = f"Bearer {config.auth_token}" if config.auth_token else None
         self._timeout = aiohttp.ClientTimeout(
@@ -156,6 +161,7 @@ class Gateway:
         }
         for key in [k for k in self._cursors if k not in keep]:
             del self._cursors[key]
+        self.limiter.forget_except(live.compiled.endpoints)
 
     def make_app(self) -> web.Application:
         app = web.Application(
@@ -251,7 +257,11 @@ class Gateway:
             return error_response(
                 404, "RESOURCE_DOES_NOT_EXIST", f"serving endpoint {name!r} does not exist"
             )
-        response, entity = await self._invoke(request, live, endpoint)
+        limited = self._over_limit(request, endpoint)
+        if limited is not None:
+            response, entity = limited, None
+        else:
+            response, entity = await self._invoke(request, live, endpoint)
         # An error is any 5xx, and any 4xx that a replica gave once an entity was chosen:
         # MLflow's scoring server answers 400 when the model itself raises, which a rollout
         # guard must see. Requests the gateway refused up front (bad JSON) count for the
@@ -268,6 +278,25 @@ class Gateway:
             )
         self.metrics.record(name, entity, (time.perf_counter() - started) * 1000.0, error)
         return response
+
+    def _over_limit(self, request: web.Request, endpoint: CompiledEndpoint) -> web.Response | None:
+        """A 429 when the request would exceed one of the endpoint's rate limits."""
+        limits = endpoint.table.rate_limits
+        if not limits:
+            return None
+        # The caller: the bearer token when auth is on (the only one that passes), else anyone.
+        caller = "token" if self._bearer is not None else "anonymous"
+        wait = self.limiter.admit(endpoint.table.name, limits, caller)
+        if wait is None:
+            return None
+        shown = ", ".join(f"{r.calls} calls per {r.renewal_period} ({r.key})" for r in limits)
+        return error_response(
+            429,
+            "REQUEST_LIMIT_EXCEEDED",
+            f"serving endpoint {endpoint.table.name!r} is over its rate limit ({shown}); "
+            f"retry in {math.ceil(wait)} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     async def _invoke(
         self, request: web.Request, live: _Live, endpoint: CompiledEndpoint

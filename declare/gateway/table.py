@@ -14,6 +14,9 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
           },                               # optional "served_name" per entity: the name in the
                                            # served-model-name header when the key differs
                                            # (two generations of one entity during a rollout)
+          "rate_limits": [                 # optional: Databricks rate limits the gateway
+            {"calls": 100, "key": "endpoint", "renewal_period": "minute"}  # enforces (429)
+          ],
           "description": {...}             # the endpoint in the Databricks GET shape: name,
                                            # state.ready, state.config_update, config,
                                            # pending_config, tags; served as-is by the
@@ -32,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from declare.gateway.limits import RateLimit
+
 
 @dataclass(frozen=True)
 class ReplicaTarget:
@@ -46,11 +51,13 @@ class EndpointTable:
     entities: Mapping[str, tuple[ReplicaTarget, ...]]
     description: Mapping[str, Any] = field(default_factory=dict)
     served_names: Mapping[str, str] = field(default_factory=dict)  # entity key -> served name
+    rate_limits: tuple[RateLimit, ...] = ()
 
     def served_name(self, key: str) -> str:
         return self.served_names.get(key, key)
 
     def to_json(self) -> dict[str, Any]:
+        limits = [r.to_json() for r in self.rate_limits]
         return {
             "routes": [{"served_entity_name": n, "traffic_percentage": p} for n, p in self.routes],
             "entities": {
@@ -64,6 +71,7 @@ class EndpointTable:
                 }
                 for name, replicas in self.entities.items()
             },
+            **({"rate_limits": limits} if limits else {}),
             "description": dict(self.description),
         }
 
@@ -119,5 +127,16 @@ class RoutingTable:
             desc = ep.get("description") or {}
             if not isinstance(desc, dict):
                 raise ValueError(f"endpoints.{name}.description must be an object")
-            endpoints[name] = EndpointTable(name, tuple(routes), entities, desc, served_names)
+            raw_limits = ep.get("rate_limits") or []
+            if not isinstance(raw_limits, list):
+                raise ValueError(f"endpoints.{name}.rate_limits must be a list")
+            limits: list[RateLimit] = []
+            for i, raw in enumerate(raw_limits):
+                try:
+                    limits.append(RateLimit.from_json(raw))
+                except ValueError as exc:
+                    raise ValueError(f"endpoints.{name}.rate_limits[{i}]: {exc}") from None
+            endpoints[name] = EndpointTable(
+                name, tuple(routes), entities, desc, served_names, tuple(limits)
+            )
         return cls(version=version, endpoints=endpoints)

@@ -12,7 +12,9 @@ Checked here, after the JSON Schema (each problem located at its field):
 - environment variable names are valid, and a value holding `{{` is one whole secret
   reference `{{secrets/<scope>/<key>}}`;
 - routes name an existing entity (by served_entity_name or served_model_name), each entity
-  at most once, percentages sum to 100.
+  at most once, percentages sum to 100;
+- the rate limits the gateway enforces (`rate_limits`, and `ai_gateway.rate_limits` entries
+  with `calls` and key endpoint/user) are whole numbers per minute or hour.
 
 Traffic without `traffic_config`: one entity gets 100%; several get an even split, the
 remainder going to the first entity (e.g. 34/33/33). Databricks documents no default for
@@ -34,6 +36,7 @@ import re
 from typing import Any
 
 from declare.errors import LocatedError, Location
+from declare.gateway.limits import limit_problems
 from declare.model import EndpointSpec, EntitySpec, Route, rollout_problems
 
 from ._schema import ENDPOINT_SCHEMA, did_you_mean, schema_problems, show
@@ -167,6 +170,8 @@ class _EndpointCheck:
         tags = self._tags(value.get("tags"))
         for path, message in rollout_problems(value.get("rollout")):
             self.report(("rollout", *path), message)
+        for where, message in limit_problems(value):
+            self.report(where, message)
         if self.problems or entities is None or routes is None:
             return None
         return self._build(value, config, key, entities, routes, tags)

@@ -473,6 +473,53 @@ def test_metrics_count_requests_errors_and_latency(env: Env) -> None:
     assert (entity["requests"], entity["errors"]) == (1, 1)
 
 
+def test_rate_limit_answers_429_with_retry_after_and_changes_live(env: Env) -> None:
+    limit = {"calls": 3, "key": "endpoint", "renewal_period": "minute"}
+    env.push({"limited": single(env) | {"rate_limits": [limit]}, "free": single(env)}, version=6)
+    since = time.time()
+    before = env.echo_count("e1")
+    statuses = [env.invoke("limited", {"inputs": [i]}).status_code for i in range(3)]
+    refused = env.invoke("limited", {"inputs": [9]})
+    if statuses != [200, 200, 200]:
+        # The minute turned over between two requests: one more window gives a clean run.
+        statuses = [env.invoke("limited", {"inputs": [i]}).status_code for i in range(3)]
+        refused = env.invoke("limited", {"inputs": [9]})
+    assert statuses == [200, 200, 200]
+    assert refused.status_code == 429
+    body = refused.json()
+    assert body["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "'limited'" in body["message"] and "3 calls per minute (endpoint)" in body["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Refused requests never reached a replica, and count against no served entity.
+    assert env.echo_count("e1") - before in (3, 6)
+    counted = env.admin.metrics(since)["endpoints"]["limited"]
+    assert counted["errors"] == 0
+    # Another endpoint of the same gateway is not limited.
+    assert all(env.invoke("free", {"inputs": [1]}).status_code == 200 for _ in range(5))
+    # A pushed table without the limit lifts it at once, with no restart.
+    pid = env.admin.health()["pid"]  # type: ignore[index]
+    env.push({"limited": single(env), "free": single(env)}, version=7)
+    assert env.invoke("limited", {"inputs": [1]}).status_code == 200
+    assert env.admin.health()["pid"] == pid  # type: ignore[index]
+    # calls: 0 shuts the endpoint off; the management API is not limited.
+    env.push({"limited": single(env) | {"rate_limits": [limit | {"calls": 0}]}}, version=8)
+    assert env.invoke("limited", {"inputs": [1]}).status_code == 429
+    assert env.http.get("/api/2.0/serving-endpoints/limited").status_code == 200
+
+
+def test_admin_refuses_a_malformed_rate_limit(env: Env) -> None:
+    env.push({"iris": single(env)}, version=9)
+    bad = {"version": 10, "endpoints": {"iris": single(env) | {"rate_limits": [{"calls": -1}]}}}
+    raw = httpx.put(
+        f"{env.url}/_declare/admin/table",
+        json=bad,
+        headers={"X-Declare-Admin-Token": env.record.admin_token()},
+    )
+    assert raw.status_code == 400
+    assert "endpoints.iris.rate_limits[0]: calls must be a whole number" in raw.json()["message"]
+    assert env.admin.get_table().version == 9
+
+
 def test_admin_rejects_invalid_tables_and_keeps_serving(env: Env) -> None:
     env.push({"iris": single(env)}, version=4)
     bad = {
