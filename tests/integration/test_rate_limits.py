@@ -1,0 +1,62 @@
+"""A manifest's `rate_limits`, applied for real: the gateway answers 429 beyond the limit,
+and editing the limit is a live change (plan says so, no replica restarts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import MlflowProject
+from tests.support import CliProject, manifest
+
+pytestmark = pytest.mark.integration
+
+
+def limited(calls: int) -> str:
+    return manifest("iris", "1") + (
+        f"rate_limits:\n  - calls: {calls}\n    key: endpoint\n    renewal_period: minute\n"
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
+    p = CliProject(tmp_path, mlflow_project.tracking_uri)
+    yield p
+    p.declare("destroy", "--auto-approve")
+
+
+def _burst(project: CliProject, n: int) -> list[httpx.Response]:
+    return [project.predict() for _ in range(n)]
+
+
+def test_rate_limit_is_enforced_and_changes_live(project: CliProject) -> None:
+    project.write(limited(5))
+    applied = project.declare("apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    responses = _burst(project, 6)
+    if [r.status_code for r in responses[:5]] != [200] * 5:
+        responses = _burst(project, 6)  # the minute turned over mid-burst: one more window
+    assert [r.status_code for r in responses] == [200] * 5 + [429]
+    refused = responses[5]
+    assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "5 calls per minute (endpoint)" in refused.json()["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    mgmt = httpx.get(project.url.split("/serving-endpoints")[0] + "/api/2.0/serving-endpoints/iris")
+    assert mgmt.json()["rate_limits"] == [
+        {"calls": 5, "key": "endpoint", "renewal_period": "minute"}
+    ]
+
+    pids = project.recorded_pids()
+    project.write(limited(1000))
+    plan = project.declare("plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "~ rate_limits" in plan.stdout and "# live, no restart" in plan.stdout
+    assert "start replica" not in plan.stdout and "stop replica" not in plan.stdout
+    applied = project.declare("apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert project.predict().status_code == 200
+    assert project.recorded_pids() == pids
+    assert project.declare("plan", "--detailed-exitcode").returncode == 0
