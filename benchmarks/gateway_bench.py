@@ -4,8 +4,9 @@
 
 Starts one echo upstream and one gateway (both on 127.0.0.1, both stopped at the end by
 their own process handles), sends the same bounded load first directly to the upstream and
-then through the gateway with an aiohttp client, and prints requests/s, p50/p99 latency and
-the ratio. Client, gateway and upstream share the machine's cores, so the figures are lower
+then through the gateway with an aiohttp client, then through the gateway to an endpoint with
+a rate limit it never reaches (the limiter's cost), and prints requests/s, p50/p99 latency
+and the ratios. Client, gateway and upstream share the machine's cores, so the figures are lower
 bounds of what each could do alone. Every run is bounded by --requests and --time-limit.
 """
 
@@ -86,17 +87,17 @@ def main() -> int:
                 procs.free_port(exclude=frozenset({echo_port})),
                 auth_token=None,
             )
+            upstream = {"replicas": [{"id": "b-0", "url": f"http://127.0.0.1:{echo_port}"}]}
+            endpoint = {
+                "routes": [{"served_entity_name": "b", "traffic_percentage": 100}],
+                "entities": {"b": upstream},
+            }
+            never_reached = {"calls": 10**12, "key": "endpoint", "renewal_period": "minute"}
             table = {
                 "version": 1,
                 "endpoints": {
-                    "bench": {
-                        "routes": [{"served_entity_name": "b", "traffic_percentage": 100}],
-                        "entities": {
-                            "b": {
-                                "replicas": [{"id": "b-0", "url": f"http://127.0.0.1:{echo_port}"}]
-                            }
-                        },
-                    }
+                    "bench": endpoint,
+                    "limited": endpoint | {"rate_limits": [never_reached]},
                 },
             }
             record.client().put_table(RoutingTable.from_json(table))
@@ -115,7 +116,15 @@ def main() -> int:
                 args.concurrency,
                 args.time_limit,
             )
+            print("through the gateway, endpoint with a rate limit (never reached):")
+            limited = run(
+                f"{record.base_url}/serving-endpoints/limited/invocations",
+                args.requests,
+                args.concurrency,
+                args.time_limit,
+            )
             print(f"gateway / direct = {gateway / direct:.2f}")
+            print(f"rate-limited / gateway = {limited / gateway:.2f}")
         finally:
             stop_gateway(state_dir, grace_seconds=5)
             echo.terminate()

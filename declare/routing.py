@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from declare.gateway.limits import RateLimit, enforced_limits
+from declare.gateway.limits import enforced_limits
 from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
 from declare.model import EndpointSpec
 from declare.state.document import NOT_UPDATING, EndpointRecord, State
@@ -121,9 +121,8 @@ def describe(record: EndpointRecord) -> dict[str, Any]:
     if record.spec is not None:
         out["config"] = _config(record.spec, record, record.config_version)
         if record.spec.extra.get("rate_limits"):
-            out["rate_limits"] = [
-                RateLimit.from_json(entry).to_json() for entry in record.spec.extra["rate_limits"]
-            ]
+            top = {"rate_limits": record.spec.extra["rate_limits"]}
+            out["rate_limits"] = [limit.to_json() for limit in enforced_limits(top)]
     if record.pending is not None:
         out["pending_config"] = _config(record.pending, record, record.config_version + 1)
     return out

@@ -69,8 +69,15 @@ def enforced_limits(extra: Mapping[str, Any]) -> tuple[RateLimit, ...]:
     every entry of `rate_limits`, and the entries of `ai_gateway.rate_limits` whose key is
     `endpoint` or `user`, that name no principal and that limit `calls` (user-group,
     service-principal and token limits need identities or counts the gateway does not have:
-    they are recorded, not enforced). Raises LimitError on an entry `limit_problems` reports."""
-    return tuple(RateLimit.from_json(entry) for _, entry in _enforced_entries(extra))
+    they are recorded, not enforced). An invalid entry is left out: manifests report it
+    (`limit_problems`), so only a state recorded by an older declare can hold one."""
+    out: list[RateLimit] = []
+    for _, entry in _enforced_entries(extra):
+        try:
+            out.append(RateLimit.from_json(entry))
+        except LimitError:
+            continue
+    return tuple(out)
 
 
 def limit_problems(extra: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:

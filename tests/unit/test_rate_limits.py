@@ -203,3 +203,8 @@ def test_manifest_errors_locate_a_bad_enforced_limit(tmp_path: Path) -> None:
 
 def test_a_whole_float_is_a_valid_call_count() -> None:
     assert RateLimit.from_json({"calls": 10.0}) == RateLimit(calls=10)
+
+
+def test_an_invalid_limit_recorded_by_an_older_declare_is_left_out() -> None:
+    extra = {"ai_gateway": {"rate_limits": [{"calls": "many", "key": "user"}, {"calls": 4}]}}
+    assert enforced_limits(extra) == (RateLimit(calls=4),)
