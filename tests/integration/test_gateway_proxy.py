@@ -475,15 +475,19 @@ def test_metrics_count_requests_errors_and_latency(env: Env) -> None:
 
 def test_rate_limit_answers_429_with_retry_after_and_changes_live(env: Env) -> None:
     limit = {"calls": 3, "key": "endpoint", "renewal_period": "minute"}
-    env.push({"limited": single(env) | {"rate_limits": [limit]}, "free": single(env)}, version=6)
     since = time.time()
     before = env.echo_count("e1")
-    statuses = [env.invoke("limited", {"inputs": [i]}).status_code for i in range(3)]
-    refused = env.invoke("limited", {"inputs": [9]})
-    if statuses != [200, 200, 200]:
-        # The minute turned over between two requests: one more window gives a clean run.
+    reached = 0  # requests the gateway let through to the upstream
+    for _ in range(2):
+        # A table without the endpoint drops its counters; then 4 requests, well inside one
+        # minute unless the window turns over mid-way (then the second attempt is clean).
+        env.push({"free": single(env)}, version=6)
+        env.push({"limited": single(env) | {"rate_limits": [limit]}, "free": single(env)}, 6)
         statuses = [env.invoke("limited", {"inputs": [i]}).status_code for i in range(3)]
         refused = env.invoke("limited", {"inputs": [9]})
+        reached += statuses.count(200) + (refused.status_code == 200)
+        if statuses == [200, 200, 200] and refused.status_code == 429:
+            break
     assert statuses == [200, 200, 200]
     assert refused.status_code == 429
     body = refused.json()
@@ -491,7 +495,7 @@ def test_rate_limit_answers_429_with_retry_after_and_changes_live(env: Env) -> N
     assert "'limited'" in body["message"] and "3 calls per minute (endpoint)" in body["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     # Refused requests never reached a replica, and count against no served entity.
-    assert env.echo_count("e1") - before in (3, 6)
+    assert env.echo_count("e1") - before == reached
     counted = env.admin.metrics(since)["endpoints"]["limited"]
     assert counted["errors"] == 0
     # Another endpoint of the same gateway is not limited.
