@@ -1,8 +1,9 @@
 """Small pieces both process-owning providers (local, docker) need alike.
 
-`exclusive(path)` serializes record changes between threads of one declare and between
-declare processes (a thread lock per file, then flock on the file). `loopback_host(value,
-field, why)` checks a configured listen address. Nothing here knows about replicas or models.
+`exclusive(path)` serializes work guarded by a lock file (replica records, a wheel-cache
+entry) between threads of one declare and between declare processes (a thread lock per file,
+then flock on it). `loopback_host(value, field, why)` checks a configured listen address.
+Nothing here knows about replicas or models.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class LocalProvider:
                 f"{where}: model {spec.model.describe()} has no files at {source}; "
                 "was it deleted since the plan was made?"
             )
-        with self._exclusive():
+        with exclusive(self._lock_path):
             records = self._read_records()
             replica_id = self._new_id(spec, {r["id"] for r in records})
             used_ports = frozenset(int(r["port"]) for r in records)
@@ -236,7 +236,7 @@ class LocalProvider:
             raise ProviderError(
                 f"replica {handle.id}: process {proc.pid} survived SIGTERM and SIGKILL"
             )
-        with self._exclusive():
+        with exclusive(self._lock_path):
             record_path = self.records_dir / f"{handle.id}.json"
             with contextlib.suppress(FileNotFoundError):
                 record_path.unlink()
@@ -353,7 +353,3 @@ class LocalProvider:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-
-    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
-        """Serialize record changes between threads and between declare processes."""
-        return exclusive(self._lock_path)

@@ -24,7 +24,6 @@ Does not start replicas and does not decide when to build (the planner does).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -35,10 +34,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ import yaml
 
 from declare.errors import ProviderError
 from declare.model import ResolvedModel
+from providers._shared import exclusive
 
 __all__ = [
     "IMAGE_FORMAT",
@@ -66,8 +65,6 @@ WHEELS_IN_CONTAINER = "/tmp/declare-wheels"
 RUNTIME_REQUIREMENTS = ("pandas", "numpy", "uvicorn", "fastapi", "uvloop")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)$")
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-_CACHE_LOCKS: dict[str, threading.Lock] = {}
-_CACHE_LOCKS_GUARD = threading.Lock()
 
 
 def _canonical(name: str) -> str:
@@ -281,25 +278,12 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-@contextlib.contextmanager
-def _cache_lock(folder: Path) -> Iterator[None]:
-    """One downloader per cache entry, across threads and processes."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _CACHE_LOCKS_GUARD:
-        thread_lock = _CACHE_LOCKS.setdefault(str(folder), threading.Lock())
-    with thread_lock, open(f"{folder}.lock", "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def fetch_wheels(plan: ImagePlan, cache_root: Path, log: io.TextIOBase) -> Path:
     """The folder of wheels for `plan.requirements`, downloaded on the host once."""
     folder = cache_root / plan.requirements_hash
     done = folder / ".complete"
-    with _cache_lock(folder):
+    # One downloader per cache entry, across threads and processes.
+    with exclusive(Path(f"{folder}.lock")):
         if done.is_file():
             log.write(f"== wheels: cached in {folder}\n")
             return folder

@@ -227,7 +227,7 @@ class DockerProvider:
 
         client = self._client()
         removed: list[str] = []
-        with self._exclusive():
+        with exclusive(self._lock_path):
             tags = self._read_images()
             keep = set()
             for tag in tags:
@@ -322,7 +322,7 @@ class DockerProvider:
             )
         model_dir = self._model_dir(spec.model, where)
         client = self._client()
-        with self._exclusive():
+        with exclusive(self._lock_path):
             owned = self._containers(all_projects=True)
             taken_ids = {c.labels.get(LABEL_REPLICA) for c in owned}
             taken_ports = frozenset(
@@ -557,14 +557,10 @@ class DockerProvider:
         os.replace(tmp, self._images_record)
 
     def _remember_image(self, tag: str) -> None:
-        with self._exclusive():
+        with exclusive(self._lock_path):
             tags = self._read_images()
             if tag not in tags:
                 self._write_images([*tags, tag])
-
-    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
-        """Serialize port choice and records between threads and declare processes."""
-        return exclusive(self._lock_path)
 
 
 def _model_tar(folder: Path) -> bytes:

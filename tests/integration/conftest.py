@@ -8,6 +8,8 @@
   The models are logged by a child Python process, so no MLflow global (tracking URI, env
   vars, active run) leaks into the test process. `mlflow_project.resolve("models:/iris/1")`
   gives a `declare.model.ResolvedModel` of a registered version.
+- `cli_project`: a `tests.support.CliProject` on a fresh tmp folder using that registry, with
+  no manifest yet; destroyed at teardown, so nothing outlives a failed assertion.
 - `provider_context`: a ProviderContext on a fresh tmp folder.
 - `local_provider`: a LocalProvider on that context; at teardown every replica it still
   lists is stopped (by its recorded process identity, never by name).
@@ -40,6 +42,7 @@ from declare.errors import ModelResolutionError
 from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import ProviderContext
 from providers.local import LocalProvider
+from tests.support import CliProject
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "declare-integration"
@@ -193,6 +196,13 @@ def mlflow_project(tmp_path_factory: pytest.TempPathFactory) -> MlflowProject:
         pytest.fail(f"building the MLflow test registry failed:\n{result.stderr[-4000:]}")
     print(f"\n[mlflow_project] registry built in {time.monotonic() - started:.1f}s at {folder}")
     return MlflowProject(dir=folder, tracking_uri=tracking_uri)
+
+
+@pytest.fixture
+def cli_project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
+    p = CliProject(tmp_path, mlflow_project.tracking_uri)
+    yield p
+    p.declare("destroy", "--auto-approve")
 
 
 @pytest.fixture

@@ -47,6 +47,14 @@ class Env:
     def push(self, endpoints: dict[str, Any], version: int = 1) -> None:
         self.admin.put_table(RoutingTable.from_json({"version": version, "endpoints": endpoints}))
 
+    def put_raw(self, table: Any) -> httpx.Response:
+        """PUT a table as given, past the client's own validation (to see the gateway's)."""
+        return httpx.put(
+            f"{self.url}/_declare/admin/table",
+            json=table,
+            headers={"X-Declare-Admin-Token": self.record.admin_token()},
+        )
+
     def invoke(self, endpoint: str, body: Any, **kw: Any) -> httpx.Response:
         if isinstance(body, bytes):
             return self.http.post(f"/serving-endpoints/{endpoint}/invocations", content=body, **kw)
@@ -514,11 +522,7 @@ def test_rate_limit_answers_429_with_retry_after_and_changes_live(env: Env) -> N
 def test_admin_refuses_a_malformed_rate_limit(env: Env) -> None:
     env.push({"iris": single(env)}, version=9)
     bad = {"version": 10, "endpoints": {"iris": single(env) | {"rate_limits": [{"calls": -1}]}}}
-    raw = httpx.put(
-        f"{env.url}/_declare/admin/table",
-        json=bad,
-        headers={"X-Declare-Admin-Token": env.record.admin_token()},
-    )
+    raw = env.put_raw(bad)
     assert raw.status_code == 400
     assert "endpoints.iris.rate_limits[0]: calls must be a whole number" in raw.json()["message"]
     assert env.admin.get_table().version == 9
@@ -530,11 +534,7 @@ def test_admin_rejects_invalid_tables_and_keeps_serving(env: Env) -> None:
         "version": 5,
         "endpoints": {"iris": {"routes": [{"served_entity_name": "m", "traffic_percentage": 30}]}},
     }
-    raw = httpx.put(
-        f"{env.url}/_declare/admin/table",
-        json=bad,
-        headers={"X-Declare-Admin-Token": env.record.admin_token()},
-    )
+    raw = env.put_raw(bad)
     assert raw.status_code == 400 and "sum to 100" in raw.json()["message"]
     assert env.admin.get_table().version == 4
     assert env.invoke("iris", {"inputs": [1]}).status_code == 200

@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from mlflow import MlflowClient
 
 from tests.integration.conftest import MlflowProject
@@ -60,23 +57,16 @@ rollout:
 """
 
 
-@pytest.fixture
-def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
-    p = CliProject(tmp_path, mlflow_project.tracking_uri)
-    yield p
-    p.declare("destroy", "--auto-approve")
-
-
-def test_databricks_create_body_validates_plans_and_splits_traffic(project: CliProject) -> None:
-    (project.folder / "endpoint.json").write_text(json.dumps(DATABRICKS_BODY, indent=2))
-    assert project.declare("validate").returncode == 0
-    plan = project.declare("plan", "--detailed-exitcode")
+def test_databricks_create_body_validates_plans_and_splits_traffic(cli_project: CliProject) -> None:
+    (cli_project.folder / "endpoint.json").write_text(json.dumps(DATABRICKS_BODY, indent=2))
+    assert cli_project.declare("validate").returncode == 0
+    plan = cli_project.declare("plan", "--detailed-exitcode")
     assert plan.returncode == 2, plan.stderr
     assert "iris v1" in plan.stdout and "iris v2" in plan.stdout
     assert "iris-1 80%, iris-2 20%" in plan.stdout
-    applied = project.declare("apply", "--auto-approve")
+    applied = cli_project.declare("apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    url = project.url.replace("/iris/", "/iris-split/")
+    url = cli_project.url.replace("/iris/", "/iris-split/")
     served: Counter[str] = Counter()
     body = {
         "dataframe_records": [
@@ -104,32 +94,32 @@ def test_databricks_create_body_validates_plans_and_splits_traffic(project: CliP
 
 
 def test_alias_is_pinned_at_plan_time_and_a_move_rolls_out(
-    project: CliProject, mlflow_project: MlflowProject
+    cli_project: CliProject, mlflow_project: MlflowProject
 ) -> None:
     client = MlflowClient(mlflow_project.tracking_uri, mlflow_project.tracking_uri)
     client.set_registered_model_alias("iris", ALIAS, "1")
-    project.write(ALIAS_MANIFEST)
-    plan = project.declare("plan")
+    cli_project.write(ALIAS_MANIFEST)
+    plan = cli_project.declare("plan")
     assert f"iris v1 (@{ALIAS})" in plan.stdout, plan.stdout + plan.stderr
-    assert project.declare("apply", "--auto-approve").returncode == 0
-    assert project.declare("plan", "--detailed-exitcode").returncode == 0
+    assert cli_project.declare("apply", "--auto-approve").returncode == 0
+    assert cli_project.declare("plan", "--detailed-exitcode").returncode == 0
     entity = f"iris-{ALIAS}"
-    assert project.predict().headers["served-model-name"] == entity
+    assert cli_project.predict().headers["served-model-name"] == entity
 
     client.set_registered_model_alias("iris", ALIAS, "2")
-    moved = project.declare("plan", "--detailed-exitcode")
+    moved = cli_project.declare("plan", "--detailed-exitcode")
     assert moved.returncode == 2
     assert f"iris v1 (@{ALIAS})" in moved.stdout and f"iris v2 (@{ALIAS})" in moved.stdout
     assert "shift traffic, step 1/2 (50% to the new config)" in moved.stdout
-    with Load(project.url) as load:
+    with Load(cli_project.url) as load:
         time.sleep(1)
-        applied = project.declare("apply", "--auto-approve")
+        applied = cli_project.declare("apply", "--auto-approve")
         time.sleep(1)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert load.failed == 0, load.results
     # Both generations answered under the entity's own name.
     assert set(load.served) == {entity}
-    ep = project.state()["endpoints"]["iris"]
+    ep = cli_project.state()["endpoints"]["iris"]
     assert ep["models"][entity]["version"] == "2"
     assert ep["split"] == []
-    assert project.declare("plan", "--detailed-exitcode").returncode == 0
+    assert cli_project.declare("plan", "--detailed-exitcode").returncode == 0

@@ -4,13 +4,10 @@ and editing the limit is a live change (plan says so, no replica restarts)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import MlflowProject
 from tests.support import CliProject, manifest
 
 pytestmark = pytest.mark.integration
@@ -22,49 +19,44 @@ def limited(calls: int) -> str:
     )
 
 
-@pytest.fixture
-def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
-    p = CliProject(tmp_path, mlflow_project.tracking_uri)
-    yield p
-    p.declare("destroy", "--auto-approve")
+def _burst(cli_project: CliProject, n: int) -> list[httpx.Response]:
+    return [cli_project.predict() for _ in range(n)]
 
 
-def _burst(project: CliProject, n: int) -> list[httpx.Response]:
-    return [project.predict() for _ in range(n)]
-
-
-def test_rate_limit_is_enforced_and_changes_live(project: CliProject) -> None:
-    project.write(limited(5))
-    applied = project.declare("apply", "--auto-approve")
+def test_rate_limit_is_enforced_and_changes_live(cli_project: CliProject) -> None:
+    cli_project.write(limited(5))
+    applied = cli_project.declare("apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    responses = _burst(project, 6)
+    responses = _burst(cli_project, 6)
     if [r.status_code for r in responses] != [200] * 5 + [429]:
         # The minute turned over mid-burst: use up this window, wait for the next, again.
         last = responses[-1]
         for _ in range(6):
             if last.status_code == 429:
                 break
-            last = project.predict()
+            last = cli_project.predict()
         time.sleep(int(last.headers["Retry-After"]) + 0.2)
-        responses = _burst(project, 6)
+        responses = _burst(cli_project, 6)
     assert [r.status_code for r in responses] == [200] * 5 + [429]
     refused = responses[5]
     assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
     assert "5 calls per minute (endpoint)" in refused.json()["message"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
-    mgmt = httpx.get(project.url.split("/serving-endpoints")[0] + "/api/2.0/serving-endpoints/iris")
+    mgmt = httpx.get(
+        cli_project.url.split("/serving-endpoints")[0] + "/api/2.0/serving-endpoints/iris"
+    )
     assert mgmt.json()["rate_limits"] == [
         {"calls": 5, "key": "endpoint", "renewal_period": "minute"}
     ]
 
-    pids = project.recorded_pids()
-    project.write(limited(1000))
-    plan = project.declare("plan", "--detailed-exitcode")
+    pids = cli_project.recorded_pids()
+    cli_project.write(limited(1000))
+    plan = cli_project.declare("plan", "--detailed-exitcode")
     assert plan.returncode == 2, plan.stdout + plan.stderr
     assert "~ rate_limits" in plan.stdout and "# live, no restart" in plan.stdout
     assert "start replica" not in plan.stdout and "stop replica" not in plan.stdout
-    applied = project.declare("apply", "--auto-approve")
+    applied = cli_project.declare("apply", "--auto-approve")
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert project.predict().status_code == 200
-    assert project.recorded_pids() == pids
-    assert project.declare("plan", "--detailed-exitcode").returncode == 0
+    assert cli_project.predict().status_code == 200
+    assert cli_project.recorded_pids() == pids
+    assert cli_project.declare("plan", "--detailed-exitcode").returncode == 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from declare.diff import Actual, DesiredEndpoint
+from collections.abc import Mapping, Sequence
+
+from declare.diff import Actual, DesiredEndpoint, EndpointChange
 from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel, Route
-from declare.provider import Liveness, ReplicaStatus
+from declare.plan import GatewayInput, PlanInput, build_plan
+from declare.plan.actions import Plan
+from declare.provider import BuildInfo, Liveness, ReplicaStatus
 from declare.state.document import EndpointRecord, ReplicaRecord, State
 
 
@@ -76,3 +80,22 @@ def applied(d: DesiredEndpoint, alive: bool = True) -> tuple[State, Actual]:
         gateway_table=routing_table(state, 1),
     )
     return state, actual
+
+
+def plan_of(
+    changes: Sequence[EndpointChange],
+    *,
+    running: bool = True,
+    recorded: str | None = "gw",
+    builds: Mapping[str, BuildInfo] | None = None,
+) -> Plan:
+    """The plan of `changes` for project `p`, its gateway on 127.0.0.1:8787 (settings hash
+    `gw`; `running` and the `recorded` hash as given)."""
+    return build_plan(
+        PlanInput(
+            project="p",
+            changes=tuple(changes),
+            gateway=GatewayInput(running, "127.0.0.1", 8787, "gw", recorded),
+            builds=dict(builds or {}),
+        )
+    )

@@ -10,7 +10,7 @@ import pytest
 from declare.diff import diff
 from declare.errors import ConfigError, ProviderError
 from declare.model import ResolvedModel
-from declare.plan import GatewayInput, PlanInput, build_plan, render_human
+from declare.plan import render_human
 from declare.plan.actions import ActionKind
 from declare.provider import BuildInfo
 from providers.docker.image import (
@@ -21,7 +21,7 @@ from providers.docker.image import (
 )
 from providers.docker.settings import DockerSettings
 from providers.docker.workloads import gpu_runtime_problem, resources
-from tests.unit.planning_fixtures import applied, desired
+from tests.unit.planning_fixtures import applied, desired, plan_of
 
 MLMODEL = "flavors:\n  python_function:\n    python_version: 3.11.7\n"
 
@@ -176,14 +176,7 @@ def _plan_with(builds: dict[str, BuildInfo]) -> str:
     state, actual = applied(desired(("1", 100)))
     changes = diff([desired(("2", 100))], state, actual, "gw")
     generation = changes[0].starts[0].generation
-    plan = build_plan(
-        PlanInput(
-            project="p",
-            changes=changes,
-            gateway=GatewayInput(True, "127.0.0.1", 8787, "gw", "gw"),
-            builds={generation: builds["x"]},
-        )
-    )
+    plan = plan_of(changes, builds={generation: builds["x"]})
     kinds = [a.kind for a in plan.actions]
     return render_human(plan) + ("\nBUILD ACTION" if ActionKind.BUILD in kinds else "")
 

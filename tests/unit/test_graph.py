@@ -10,22 +10,15 @@ from pathlib import Path
 import pytest
 
 from declare.diff import diff
-from declare.plan import GatewayInput, PlanInput, build_plan
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.plan.graphviz import render_dot, render_mermaid
 from tests.unit.conftest import Ran
-from tests.unit.planning_fixtures import applied, desired
+from tests.unit.planning_fixtures import applied, desired, plan_of
 
 
 def _version_change() -> Plan:
     state, actual = applied(desired(("1", 100)))
-    return build_plan(
-        PlanInput(
-            project="p",
-            changes=diff([desired(("2", 100))], state, actual, "gw"),
-            gateway=GatewayInput(True, "127.0.0.1", 8787, "gw", "gw"),
-        )
-    )
+    return plan_of(diff([desired(("2", 100))], state, actual, "gw"))
 
 
 def _labels(text: str, pattern: str) -> dict[str, str]:

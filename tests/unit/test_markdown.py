@@ -17,11 +17,10 @@ import pytest
 
 from declare.diff import Actual, DesiredEndpoint, diff
 from declare.model import ResolvedModel
-from declare.plan import GatewayInput, PlanInput, build_plan
 from declare.plan.actions import Plan
 from declare.plan.markdown import render_markdown, signature_problems, warnings_of
 from declare.state.document import State
-from tests.unit.planning_fixtures import applied, desired, model
+from tests.unit.planning_fixtures import applied, desired, model, plan_of
 
 GOLDEN = Path(__file__).parent / "testdata" / "markdown"
 
@@ -48,16 +47,6 @@ def _with_signatures(
     return replace(d, models=models)
 
 
-def _plan(changes: tuple, running: bool = True) -> Plan:  # type: ignore[type-arg]
-    return build_plan(
-        PlanInput(
-            project="p",
-            changes=changes,
-            gateway=GatewayInput(running, "127.0.0.1", 8787, "gw", "gw"),
-        )
-    )
-
-
 def _check_golden(name: str, text: str) -> None:
     path = GOLDEN / f"{name}.md"
     if os.environ.get("UPDATE_GOLDEN"):
@@ -70,12 +59,12 @@ def version_change_plan() -> Plan:
     old = _with_signatures(desired(("1", 100)), {"1": IRIS_INPUTS})
     new = _with_signatures(desired(("2", 100)), {"2": IRIS_INPUTS})
     state, actual = applied(old)
-    return _plan(diff([new], state, actual, "gw"))
+    return plan_of(diff([new], state, actual, "gw"))
 
 
 def destroy_plan() -> Plan:
     state, actual = applied(desired(("1", 100), size="Medium"))
-    return _plan(diff([], state, actual, "gw"))
+    return plan_of(diff([], state, actual, "gw"))
 
 
 def incompatible_plan() -> Plan:
@@ -88,7 +77,7 @@ def incompatible_plan() -> Plan:
     old = _with_signatures(desired(("1", 100), size="Medium"), {"1": IRIS_INPUTS})
     new = _with_signatures(desired(("2", 100), size="Small"), {"2": v2_inputs})
     state, actual = applied(old)
-    return _plan(diff([new], state, actual, "gw"))
+    return plan_of(diff([new], state, actual, "gw"))
 
 
 def test_version_change_golden() -> None:
@@ -123,7 +112,7 @@ def test_incompatible_signature_and_capacity_loss_golden() -> None:
 
 
 def test_create_has_no_warning_and_shows_new_model() -> None:
-    plan = _plan(diff([desired(("1", 100))], State(), Actual()), running=False)
+    plan = plan_of(diff([desired(("1", 100))], State(), Actual()), running=False)
     text = render_markdown(plan)
     assert text.splitlines()[0].startswith("**declare plan:** 1 to create, 0 to update")
     assert "| `iris` | create | iris v1 | iris-1 100% | 1 |" in text
@@ -133,7 +122,7 @@ def test_create_has_no_warning_and_shows_new_model() -> None:
 def test_no_changes_is_one_line() -> None:
     d = desired(("1", 100))
     state, actual = applied(d)
-    text = render_markdown(_plan(diff([d], state, actual, "gw")))
+    text = render_markdown(plan_of(diff([d], state, actual, "gw")))
     assert (
         text == "**declare plan:** no changes. The endpoints match the manifests and what runs.\n"
     )
@@ -144,7 +133,7 @@ def test_table_cells_escape_pipes() -> None:
     new = desired(("2", 100))
     new = replace(new, models={k: replace(m, alias="a|b") for k, m in new.models.items()})
     state, actual = applied(old)
-    text = render_markdown(_plan(diff([new], state, actual, "gw")))
+    text = render_markdown(plan_of(diff([new], state, actual, "gw")))
     row = next(line for line in text.splitlines() if line.startswith("| `iris`"))
     assert "iris v2 (@a\\|b)" in row
     assert row.count(" | ") == 4  # five cells: the pipe inside the alias did not split one
@@ -197,6 +186,6 @@ def test_canary_rollout_is_shown_beside_the_traffic_change() -> None:
     canary = {"strategy": "canary", "steps": [10, 50, 100], "bake_seconds": 30}
     new = replace(new, spec=replace(new.spec, extra={"rollout": canary}))
     state, actual = applied(old)
-    text = render_markdown(_plan(diff([new], state, actual, "gw")))
+    text = render_markdown(plan_of(diff([new], state, actual, "gw")))
     row = next(line for line in text.splitlines() if line.startswith("| `iris`"))
     assert "iris-1 100% → iris-2 100% (canary 10% → 50% → 100%, bake 30s per step)" in row

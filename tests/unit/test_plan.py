@@ -10,26 +10,16 @@ import jsonschema
 import networkx as nx
 
 from declare.diff import Actual, diff
-from declare.plan import GatewayInput, PlanInput, build_plan, render_human, render_json
-from declare.plan.actions import ActionKind, Plan
+from declare.plan import render_human, render_json
+from declare.plan.actions import ActionKind
 from declare.state.document import State
-from tests.unit.planning_fixtures import applied, desired
+from tests.unit.planning_fixtures import applied, desired, plan_of
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def _plan(changes: tuple, running: bool = True, recorded: str | None = "gw") -> Plan:  # type: ignore[type-arg]
-    return build_plan(
-        PlanInput(
-            project="p",
-            changes=changes,
-            gateway=GatewayInput(running, "127.0.0.1", 8787, "gw", recorded),
-        )
-    )
-
-
 def test_create_starts_gateway_and_routes_after_readiness() -> None:
-    plan = _plan(diff([desired(("1", 100))], State(), Actual()), running=False, recorded=None)
+    plan = plan_of(diff([desired(("1", 100))], State(), Actual()), running=False, recorded=None)
     kinds = [a.kind for a in plan.actions]
     assert kinds == [
         ActionKind.START_GATEWAY,
@@ -44,7 +34,7 @@ def test_create_starts_gateway_and_routes_after_readiness() -> None:
 
 def test_version_change_orders_start_ready_switch_drain_stop() -> None:
     state, actual = applied(desired(("1", 100)))
-    plan = _plan(diff([desired(("2", 100))], state, actual, "gw"))
+    plan = plan_of(diff([desired(("2", 100))], state, actual, "gw"))
     ids = [a.id for a in plan.actions]
     assert ids == [
         "endpoint.iris.entity[iris-2].replica[0].start",
@@ -61,21 +51,21 @@ def test_version_change_orders_start_ready_switch_drain_stop() -> None:
 def test_noop_plan_has_no_actions_and_says_so() -> None:
     d = desired(("1", 100))
     state, actual = applied(d)
-    plan = _plan(diff([d], state, actual, "gw"))
+    plan = plan_of(diff([d], state, actual, "gw"))
     assert not plan.has_changes
     assert render_human(plan).startswith("No changes.")
 
 
 def test_destroy_of_last_endpoint_stops_gateway_last() -> None:
     state, actual = applied(desired(("1", 100)))
-    plan = _plan(diff([], state, actual, "gw"))
+    plan = plan_of(diff([], state, actual, "gw"))
     assert plan.actions[-1].kind is ActionKind.STOP_GATEWAY
     assert plan.counts() == {"add": 0, "change": 0, "destroy": 1}
 
 
 def test_human_output_shows_change_actions_and_count_line() -> None:
     state, actual = applied(desired(("1", 100)))
-    text = render_human(_plan(diff([desired(("2", 100))], state, actual, "gw")))
+    text = render_human(plan_of(diff([desired(("2", 100))], state, actual, "gw")))
     assert "# endpoint.iris will be updated in-place" in text
     assert "+ served_entities[iris-2]" in text and "iris v2" in text
     assert "drain in-flight requests" in text
@@ -84,7 +74,7 @@ def test_human_output_shows_change_actions_and_count_line() -> None:
 
 def test_json_plan_matches_its_schema() -> None:
     state, actual = applied(desired(("1", 100)))
-    doc = render_json(_plan(diff([desired(("2", 100))], state, actual, "gw")))
+    doc = render_json(plan_of(diff([desired(("2", 100))], state, actual, "gw")))
     schema = json.loads((SCHEMAS / "plan.schema.json").read_text())
     jsonschema.validate(doc, schema)
     assert doc["summary"] == {"add": 0, "change": 1, "destroy": 0, "actions": 5}

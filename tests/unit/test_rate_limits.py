@@ -15,10 +15,10 @@ from declare.errors import ManifestError
 from declare.gateway.limits import RateLimit, RateLimiter, enforced_limits
 from declare.gateway.table import RoutingTable
 from declare.manifests import load_project_manifests
-from declare.plan import GatewayInput, PlanInput, build_plan, render_human
+from declare.plan import render_human
 from declare.plan.actions import ActionKind
 from declare.routing import describe, routing_table
-from tests.unit.planning_fixtures import applied, desired
+from tests.unit.planning_fixtures import applied, desired, plan_of
 
 
 class Clock:
@@ -143,13 +143,7 @@ def test_the_routing_table_and_description_carry_the_manifests_limits() -> None:
 def test_changing_rate_limits_is_a_live_route_push_without_restarts() -> None:
     state, actual = applied(_limited([{"calls": 20, "renewal_period": "minute"}]))
     changes = diff([_limited([{"calls": 50, "renewal_period": "minute"}])], state, actual, "gw")
-    plan = build_plan(
-        PlanInput(
-            project="p",
-            changes=changes,
-            gateway=GatewayInput(True, "127.0.0.1", 8787, "gw", "gw"),
-        )
-    )
+    plan = plan_of(changes)
     assert [a.kind for a in plan.actions] == [ActionKind.SET_ROUTES]
     text = render_human(plan)
     assert '~ rate_limits: [{"calls": 20' in text and '-> [{"calls": 50' in text

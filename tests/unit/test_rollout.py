@@ -12,7 +12,7 @@ from declare.model import Guards, RolloutPolicy, rollout_problems
 from declare.plan import GatewayInput, PlanInput, build_plan, render_human, render_json
 from declare.plan.actions import ActionKind, Plan
 from declare.plan.build import blend
-from tests.unit.planning_fixtures import applied, desired
+from tests.unit.planning_fixtures import applied, desired, plan_of
 
 CANARY = {
     "strategy": "canary",
@@ -30,7 +30,7 @@ def _with_rollout(d, rollout):  # type: ignore[no-untyped-def]
 def _plan(before, after) -> Plan:  # type: ignore[no-untyped-def]
     state, actual = applied(before)
     changes = diff([after], state, actual, "gw")
-    return build_plan(PlanInput("p", changes, GatewayInput(True, "127.0.0.1", 8787, "gw", "gw")))
+    return plan_of(changes)
 
 
 def test_policy_from_manifest() -> None:
