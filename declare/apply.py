@@ -27,7 +27,6 @@ from declare.model import (
     ReplicaHandle,
     ReplicaSpec,
     ResolvedModel,
-    RolloutPolicy,
 )
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.project import Project
@@ -457,7 +456,7 @@ class Executor:
         change = self._changes.get(name)
         if change is None or change.after is None:
             return
-        policy = RolloutPolicy.from_manifest(change.after.spec.extra.get("rollout"))
+        policy = change.after.spec.rollout
         started = self._started_at.get(name)
         if policy.deadline_seconds is None or started is None:
             return

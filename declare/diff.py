@@ -17,7 +17,7 @@ from typing import Any
 from declare.gateway.table import RoutingTable
 from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel, Route
 from declare.provider import Liveness, ReplicaStatus
-from declare.routing import routing_table
+from declare.routing import routes_as_expected
 from declare.state.document import NOT_UPDATING, EndpointRecord, State, generation_of
 
 
@@ -288,17 +288,7 @@ def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
     table = actual.gateway_table
     if table is None:
         return True
-    live = table.endpoints.get(r.name)
-    expected = routing_table(State(endpoints={r.name: r}), 0).endpoints.get(r.name)
-    if live is None or expected is None:
-        return live is not expected
-    if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
-        return True
-    for key, replicas in expected.entities.items():
-        have = sorted(t.id for t in live.entities.get(key, ()))
-        if sorted(t.id for t in replicas) != have:
-            return True
-    return False
+    return not routes_as_expected(r, table.endpoints.get(r.name))
 
 
 # -- field changes ----------------------------------------------------------------------
@@ -363,14 +353,34 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
     after_routes = _routes_view(d.spec.routes)
     if before_spec is not None and before_routes != after_routes:
         out.append(FieldChange("traffic_config.routes", before_routes, after_routes, Impact.LIVE))
-    if before_spec is not None and dict(before_spec.tags) != dict(d.spec.tags):
-        out.append(FieldChange("tags", dict(before_spec.tags), dict(d.spec.tags), Impact.LIVE))
-    if before_spec is not None and dict(before_spec.extra) != dict(d.spec.extra):
-        for key in sorted(set(before_spec.extra) | set(d.spec.extra)):
-            b, a = before_spec.extra.get(key), d.spec.extra.get(key)
-            if b != a:
-                out.append(FieldChange(key, b, a, Impact.LIVE))
+    if before_spec is not None:
+        out += _endpoint_field_changes(before_spec, d.spec)
     return tuple(out)
+
+
+def _endpoint_field_changes(before: EndpointSpec, after: EndpointSpec) -> list[FieldChange]:
+    """Tags, rollout, rate limits and the recorded Databricks sections: all live changes."""
+    out: list[FieldChange] = []
+    if dict(before.tags) != dict(after.tags):
+        out.append(FieldChange("tags", dict(before.tags), dict(after.tags), Impact.LIVE))
+    if before.rollout != after.rollout:
+        out.append(
+            FieldChange("rollout", before.rollout.to_json(), after.rollout.to_json(), Impact.LIVE)
+        )
+    if before.rate_limits != after.rate_limits:
+        out.append(
+            FieldChange(
+                "rate_limits",
+                [r.to_json() for r in before.rate_limits],
+                [r.to_json() for r in after.rate_limits],
+                Impact.LIVE,
+            )
+        )
+    for key in sorted(set(before.extra) | set(after.extra)):
+        b, a = before.extra.get(key), after.extra.get(key)
+        if b != a:
+            out.append(FieldChange(key, b, a, Impact.LIVE))
+    return out
 
 
 def _routes_view(routes: Iterable[Route]) -> dict[str, int]:

@@ -1,20 +1,21 @@
-"""Derive the gateway's routing table, and the Databricks-shaped endpoint views, from state.
+"""Derive the gateway's routing table from the recorded state.
 
 Pure functions of `State`: the routing table declare pushes is always computed from what the
 state records (which replicas are in rotation for which routed entity), so pushing it again
-is always safe. Also renders an endpoint in the shape of Databricks'
-`GET /api/2.0/serving-endpoints/{name}`, which the gateway serves and `declare status` prints.
+is always safe. `expected_routing` is the same derivation without the endpoint's description,
+for comparing with what a gateway routes (drift). The description itself (Databricks' GET
+shape) is `declare.describe`'s.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
 
-from declare.gateway.limits import enforced_limits
+from declare.describe import describe
 from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
-from declare.model import EndpointSpec
-from declare.state.document import NOT_UPDATING, EndpointRecord, State
+from declare.model import RateLimit
+from declare.state.document import EndpointRecord, State
 
 
 def target_key(traffic: tuple[tuple[str, str, int], ...], entity: str, generation: str) -> str:
@@ -25,31 +26,52 @@ def target_key(traffic: tuple[tuple[str, str, int], ...], entity: str, generatio
     return entity
 
 
+@dataclass(frozen=True)
+class Routing:
+    """How one endpoint should be routed: shares by target key, replicas per key, limits."""
+
+    routes: tuple[tuple[str, int], ...]
+    entities: dict[str, tuple[ReplicaTarget, ...]]
+    served_names: dict[str, str]  # target key -> served entity name, where they differ
+    rate_limits: tuple[RateLimit, ...]
+
+    def replica_ids(self) -> dict[str, list[str]]:
+        return {key: sorted(t.id for t in targets) for key, targets in self.entities.items()}
+
+
+def expected_routing(record: EndpointRecord) -> Routing | None:
+    """How the gateway should route `record`; None when nothing is routed (being created or
+    destroyed)."""
+    if record.spec is None or not record.routes:
+        return None
+    traffic = record.traffic()
+    entities: dict[str, tuple[ReplicaTarget, ...]] = {}
+    served: dict[str, str] = {}
+    routes: list[tuple[str, int]] = []
+    for entity, generation, pct in traffic:
+        key = target_key(traffic, entity, generation)
+        entities[key] = tuple(
+            ReplicaTarget(r.id, r.handle.url) for r in record.serving_replicas(entity, generation)
+        )
+        routes.append((key, pct))
+        if key != entity:
+            served[key] = entity
+    return Routing(tuple(routes), entities, served, record.spec.enforced_limits)
+
+
 def routing_table(state: State, version: int | None = None) -> RoutingTable:
     endpoints: dict[str, EndpointTable] = {}
     for name, record in sorted(state.endpoints.items()):
-        if record.spec is None or not record.routes:
-            continue  # being created (nothing routed yet) or being destroyed
-        traffic = record.traffic()
-        entities: dict[str, tuple[ReplicaTarget, ...]] = {}
-        served: dict[str, str] = {}
-        routes: list[tuple[str, int]] = []
-        for entity, generation, pct in traffic:
-            key = target_key(traffic, entity, generation)
-            entities[key] = tuple(
-                ReplicaTarget(r.id, r.handle.url)
-                for r in record.serving_replicas(entity, generation)
-            )
-            routes.append((key, pct))
-            if key != entity:
-                served[key] = entity
+        routing = expected_routing(record)
+        if routing is None:
+            continue
         endpoints[name] = EndpointTable(
             name=name,
-            routes=tuple(routes),
-            entities=entities,
+            routes=routing.routes,
+            entities=routing.entities,
             description=describe(record),
-            served_names=served,
-            rate_limits=enforced_limits(record.spec.extra),
+            served_names=routing.served_names,
+            rate_limits=routing.rate_limits,
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -57,76 +79,13 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
     )
 
 
-def is_ready(record: EndpointRecord) -> bool:
-    return bool(record.routes) and all(
-        record.serving_replicas(entity, generation)
-        for entity, generation, pct in record.traffic()
-        if pct > 0
-    )
-
-
-def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[str, Any]:
-    entities = []
-    for e in spec.entities:
-        model = record.models.get(e.name)
-        in_rotation = record.serving_replicas(e.name)
-        entities.append(
-            {
-                "name": e.name,
-                "entity_name": e.entity_name or (model.name if model else None),
-                "entity_version": e.entity_version or (model.version if model else None),
-                "workload_size": e.workload_size,
-                "workload_type": e.workload_type,
-                "scale_to_zero_enabled": e.scale_to_zero_enabled,
-                "environment_vars": {k: "{{redacted}}" for k in e.environment_vars},
-                "state": {
-                    "deployment": "DEPLOYMENT_READY" if in_rotation else "DEPLOYMENT_CREATING",
-                    "deployment_state_message": f"{len(in_rotation)} replica(s) in rotation",
-                },
-            }
-        )
-    return {
-        "served_entities": entities,
-        "traffic_config": {
-            "routes": [
-                {
-                    "served_model_name": r.served_entity_name,
-                    "served_entity_name": r.served_entity_name,
-                    "traffic_percentage": r.traffic_percentage,
-                }
-                for r in spec.routes
-            ]
-        },
-        "config_version": version,
-    }
-
-
-def describe(record: EndpointRecord) -> dict[str, Any]:
-    """The endpoint as Databricks' GET /api/2.0/serving-endpoints/{name} returns it."""
-    out: dict[str, Any] = {
-        "name": record.name,
-        "id": record.name,
-        "creator": "declare",
-        "creation_timestamp": int(record.created_at * 1000),
-        "last_updated_timestamp": int(record.updated_at * 1000),
-        "state": {
-            "ready": "READY" if is_ready(record) else "NOT_READY",
-            "config_update": record.config_update,
-        },
-        "endpoint_type": "CUSTOM_MODEL",
-        "tags": [{"key": k, "value": v} for k, v in sorted((record.spec or _empty()).tags.items())],
-    }
-    if record.message and record.config_update != NOT_UPDATING:
-        out["state"]["config_update_message"] = record.message
-    if record.spec is not None:
-        out["config"] = _config(record.spec, record, record.config_version)
-        if record.spec.extra.get("rate_limits"):
-            top = {"rate_limits": record.spec.extra["rate_limits"]}
-            out["rate_limits"] = [limit.to_json() for limit in enforced_limits(top)]
-    if record.pending is not None:
-        out["pending_config"] = _config(record.pending, record, record.config_version + 1)
-    return out
-
-
-def _empty() -> EndpointSpec:
-    return EndpointSpec(name="", entities=(), routes=())
+def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bool:
+    """True when a gateway's `live` entry routes `record` as the state says it should:
+    the same shares, the same replica ids per target, the same limits."""
+    expected = expected_routing(record)
+    if live is None or expected is None:
+        return live is None and expected is None
+    if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
+        return False
+    have = {key: sorted(t.id for t in targets) for key, targets in live.entities.items()}
+    return all(have.get(key, []) == ids for key, ids in expected.replica_ids().items())

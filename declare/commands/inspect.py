@@ -67,8 +67,8 @@ def show(
 
 def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
     """Live status of each endpoint, as the gateway serves it (Databricks shape)."""
+    from declare.describe import describe
     from declare.provider import Liveness
-    from declare.routing import describe
 
     project = open_project(project_dir)
     state = project.read_state()

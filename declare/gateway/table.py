@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from declare.gateway.limits import RateLimit
+from declare.model.limits import RateLimit
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ too should write it. With `traffic_config`, an entity without a route is served 
 no traffic: it is normalized to a route of 0% (Databricks wants that route written).
 
 Normalization: `model_uri` is always set (`models:/<entity_name>/<entity_version>` for the
-Databricks fields), versions are strings, percentages integers, tags a dict; the sections
-declare records but does not act on stay raw in `EndpointSpec.extra`.
+Databricks fields), versions are strings, percentages integers, tags a dict; `rollout` and
+the enforced rate limits become typed values of the spec; the sections declare records but
+does not act on stay raw in `EndpointSpec.extra`.
 
 Does not read files (see `_source`) and does not look anything up in MLflow.
 """
@@ -36,8 +37,14 @@ import re
 from typing import Any
 
 from declare.errors import LocatedError, Location
-from declare.gateway.limits import limit_problems
-from declare.model import EndpointSpec, EntitySpec, Route, rollout_problems
+from declare.model import (
+    EndpointSpec,
+    EntitySpec,
+    RolloutPolicy,
+    Route,
+    manifest_limits,
+    rollout_problems,
+)
 
 from ._schema import ENDPOINT_SCHEMA, did_you_mean, schema_problems, show
 from ._source import Document, FieldPath, format_path
@@ -47,10 +54,9 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_RE = re.compile(r"^\{\{secrets/[A-Za-z0-9_.@-]+/[A-Za-z0-9_.-]+\}\}$")
 PERCENT_RE = re.compile(r"^(100|[1-9]?[0-9])$")
 
-# Top-level Databricks (and declare) sections kept raw in EndpointSpec.extra.
+# Top-level Databricks sections declare records but does not act on: kept raw in
+# EndpointSpec.extra. (`rollout` and `rate_limits` are parsed into the spec's own fields.)
 EXTRA_FIELDS = (
-    "rollout",
-    "rate_limits",
     "route_optimized",
     "ai_gateway",
     "budget_policy_id",
@@ -170,8 +176,9 @@ class _EndpointCheck:
         tags = self._tags(value.get("tags"))
         for path, message in rollout_problems(value.get("rollout")):
             self.report(("rollout", *path), message)
-        for where, message in limit_problems(value):
-            self.report(where, message)
+        for where, message in manifest_limits(value).problems:
+            if where[0] == "ai_gateway":  # the JSON Schema checks the top-level entries
+                self.report(where, message)
         if self.problems or entities is None or routes is None:
             return None
         return self._build(value, config, key, entities, routes, tags)
@@ -411,12 +418,16 @@ class _EndpointCheck:
             extra["auto_capture_config"] = config["auto_capture_config"]
         if settings:
             extra["entity_settings"] = settings
+        limits = manifest_limits(value)
         return EndpointSpec(
             name=value["name"],
             entities=tuple(specs),
             routes=routes,
             provider=value.get("provider", self.default_provider),
             tags=tags,
+            rollout=RolloutPolicy.from_manifest(value.get("rollout")),
+            rate_limits=limits.top,
+            ai_gateway_rate_limits=limits.ai_gateway,
             extra=extra,
             location=Location(self.doc.file, self.doc.line(("name",))),
         )

@@ -265,7 +265,7 @@ def _create_or_update(
     after_switch: str | None = None
     if change.route_push:
         d = change.after
-        policy = RolloutPolicy.from_manifest(d.spec.extra.get("rollout"))
+        policy = d.spec.rollout
         old = change.before.traffic() if change.before else ()
         new = tuple(
             (r.served_entity_name, d.serving[r.served_entity_name], r.traffic_percentage)

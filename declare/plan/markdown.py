@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from declare.diff import Change, EndpointChange
-from declare.model import ResolvedModel, RolloutPolicy, Route
+from declare.model import ResolvedModel, Route
 from declare.plan.actions import ActionKind, Plan
 
 _ACTION_WORD = {
@@ -165,7 +165,7 @@ def _rollout_text(plan: Plan, c: EndpointChange) -> str | None:
         a.kind in (ActionKind.SHIFT_TRAFFIC, ActionKind.BAKE) for a in plan.actions_of(c.name)
     ):
         return None
-    policy = RolloutPolicy.from_manifest(c.after.spec.extra.get("rollout"))
+    policy = c.after.spec.rollout
     text = f"{policy.strategy} " + _ARROW.join(f"{p}%" for p in policy.steps)
     if policy.bakes:
         text += f", bake {policy.bake_seconds:g}s per step"

@@ -11,7 +11,7 @@ from typing import Any
 
 from declare import __version__
 from declare.diff import Change, EndpointChange, FieldChange, Impact
-from declare.model import WORKLOAD_CONCURRENCY, EntitySpec, RolloutPolicy
+from declare.model import WORKLOAD_CONCURRENCY, EntitySpec
 from declare.plan.actions import ActionKind, Plan
 
 PLAN_FORMAT_VERSION = "1.0"
@@ -71,16 +71,7 @@ def _rollout_line(plan: Plan, c: EndpointChange) -> str | None:
     ]
     if not mine or c.after is None:
         return None
-    policy = RolloutPolicy.from_manifest(c.after.spec.extra.get("rollout"))
-    text = f"rollout  = {policy.strategy} " + " -> ".join(f"{p}%" for p in policy.steps)
-    if policy.bakes:
-        text += f", bake {policy.bake_seconds:g}s after each step"
-    condition = policy.guards.rollback_condition()
-    if condition:
-        text += f"; roll back if {condition}"
-    if policy.deadline_seconds:
-        text += f"; deadline {policy.deadline_seconds:g}s"
-    return text
+    return f"rollout  = {c.after.spec.rollout.describe()}"
 
 
 def _capacity_lines(c: EndpointChange) -> list[str]:

@@ -25,7 +25,7 @@ from declare.manifests import (
     load_schema,
     validate_document,
 )
-from declare.model import EndpointSpec, Route
+from declare.model import EndpointSpec, RolloutPolicy, Route
 
 TESTDATA = Path(__file__).parent / "testdata" / "manifests"
 GOLDEN = {"expected.json", "expected_errors.txt"}
@@ -117,11 +117,8 @@ def test_alias_uri_names_entity_and_routes_everything(tmp_path: Path) -> None:
     assert entity.model_uri == "models:/iris@champion"
     assert entity.replica_count == 3
     assert spec.routes == (Route("iris-champion", 100),)
-    assert spec.extra["rollout"] == {
-        "strategy": "canary",
-        "steps": [10, 50, 100],
-        "bake_seconds": 30,
-    }
+    assert spec.rollout == RolloutPolicy(strategy="canary", steps=(10, 50, 100), bake_seconds=30)
+    assert "rollout" not in spec.extra
 
 
 def test_many_errors_are_all_reported_with_line_and_field(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from declare.diff import Actual, DesiredEndpoint, diff
-from declare.model import ResolvedModel
+from declare.model import ResolvedModel, RolloutPolicy
 from declare.plan.actions import Plan
 from declare.plan.markdown import render_markdown, signature_problems, warnings_of
 from declare.state.document import State
@@ -184,7 +184,7 @@ def test_canary_rollout_is_shown_beside_the_traffic_change() -> None:
     old = desired(("1", 100))
     new = desired(("2", 100))
     canary = {"strategy": "canary", "steps": [10, 50, 100], "bake_seconds": 30}
-    new = replace(new, spec=replace(new.spec, extra={"rollout": canary}))
+    new = replace(new, spec=replace(new.spec, rollout=RolloutPolicy.from_manifest(canary)))
     state, actual = applied(old)
     text = render_markdown(plan_of(diff([new], state, actual, "gw")))
     row = next(line for line in text.splitlines() if line.startswith("| `iris`"))

@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 
 from declare.config import load_config
+from declare.describe import describe
 from declare.diff import diff
 from declare.errors import ManifestError
-from declare.gateway.limits import RateLimit, RateLimiter, enforced_limits
+from declare.gateway.limits import RateLimiter
 from declare.gateway.table import RoutingTable
 from declare.manifests import load_project_manifests
+from declare.model import RateLimit, manifest_limits
 from declare.plan import render_human
 from declare.plan.actions import ActionKind
-from declare.routing import describe, routing_table
+from declare.routing import routing_table
 from tests.unit.planning_fixtures import applied, desired, plan_of
 
 
@@ -100,11 +102,13 @@ def test_enforced_limits_take_rate_limits_and_the_ai_gateway_calls_limits() -> N
             ]
         },
     }
-    assert enforced_limits(extra) == (
+    limits = manifest_limits(extra)
+    assert (*limits.top, *limits.ai_gateway) == (
         RateLimit(calls=100, key="endpoint"),
         RateLimit(calls=10, key="user"),
     )
-    assert enforced_limits({}) == ()
+    assert limits.top == (RateLimit(calls=100, key="endpoint"),)
+    assert manifest_limits({}) == manifest_limits({"rate_limits": []})
 
 
 @pytest.mark.parametrize(
@@ -127,7 +131,9 @@ def test_a_malformed_limit_says_what_is_wrong(entry: Any, says: str) -> None:
 
 def _limited(limits: list[dict[str, Any]]) -> Any:
     d = desired(("1", 100))
-    return replace(d, spec=replace(d.spec, extra={"rate_limits": limits}))
+    return replace(
+        d, spec=replace(d.spec, rate_limits=manifest_limits({"rate_limits": limits}).top)
+    )
 
 
 def test_the_routing_table_and_description_carry_the_manifests_limits() -> None:
@@ -201,4 +207,24 @@ def test_a_whole_float_is_a_valid_call_count() -> None:
 
 def test_an_invalid_limit_recorded_by_an_older_declare_is_left_out() -> None:
     extra = {"ai_gateway": {"rate_limits": [{"calls": "many", "key": "user"}, {"calls": 4}]}}
-    assert enforced_limits(extra) == (RateLimit(calls=4),)
+    assert manifest_limits(extra).ai_gateway == (RateLimit(calls=4),)
+
+
+def test_a_state_recorded_with_raw_rollout_and_limits_reads_them_typed() -> None:
+    """States written before the spec carried typed values kept them raw in `extra`."""
+    from declare.model import EndpointSpec, RolloutPolicy
+
+    spec = desired(("1", 100)).spec
+    legacy = {k: v for k, v in spec.to_json().items() if k not in ("rollout", "rate_limits")}
+    legacy.pop("ai_gateway_rate_limits")
+    legacy["extra"] = {
+        "rollout": {"strategy": "canary", "steps": [20, 100], "bake_seconds": 5},
+        "rate_limits": [{"calls": 7}],
+        "ai_gateway": {"rate_limits": [{"calls": 3, "key": "user"}]},
+    }
+    read = EndpointSpec.from_json(legacy)
+    assert read.rollout == RolloutPolicy.from_manifest(legacy["extra"]["rollout"])
+    assert read.rate_limits == (RateLimit(calls=7),)
+    assert read.ai_gateway_rate_limits == (RateLimit(calls=3, key="user"),)
+    assert set(read.extra) == {"ai_gateway"}
+    assert EndpointSpec.from_json(read.to_json()) == read

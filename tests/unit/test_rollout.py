@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import networkx as nx
 
-from declare.apply import judge
 from declare.diff import diff
-from declare.model import Guards, RolloutPolicy, rollout_problems
+from declare.model import Figures, Guards, RolloutPolicy, judge, rollout_problems
 from declare.plan import GatewayInput, PlanInput, build_plan, render_human, render_json
 from declare.plan.actions import ActionKind, Plan
 from declare.plan.build import blend
@@ -24,7 +23,7 @@ CANARY = {
 
 
 def _with_rollout(d, rollout):  # type: ignore[no-untyped-def]
-    return replace(d, spec=replace(d.spec, extra={"rollout": rollout}))
+    return replace(d, spec=replace(d.spec, rollout=RolloutPolicy.from_manifest(rollout)))
 
 
 def _plan(before, after) -> Plan:  # type: ignore[no-untyped-def]
@@ -128,11 +127,11 @@ def test_destroy_says_it_stops_serving() -> None:
 
 def test_guards_judged_only_past_min_requests() -> None:
     g = Guards(max_error_rate=0.1, max_p99_latency_ms=100, min_requests=20)
-    few = {"iris-2": {"requests": 5, "errors": 5, "error_rate": 1.0, "p99_ms": 900}}
+    few = {"iris-2": Figures(requests=5, errors=5, error_rate=1.0, p99_ms=900)}
     assert judge(g, few) == ""
-    bad = {"iris-2": {"requests": 40, "errors": 8, "error_rate": 0.2, "p99_ms": 10}}
+    bad = {"iris-2": Figures(requests=40, errors=8, error_rate=0.2, p99_ms=10)}
     assert "error rate 0.200 (8 of 40 requests) > max_error_rate 0.1" in judge(g, bad)
-    slow = {"iris-2": {"requests": 40, "errors": 0, "error_rate": 0.0, "p99_ms": 250}}
+    slow = {"iris-2": Figures(requests=40, errors=0, error_rate=0.0, p99_ms=250)}
     assert "p99 latency 250 ms" in judge(g, slow)
-    ok = {"iris-2": {"requests": 40, "errors": 1, "error_rate": 0.025, "p99_ms": 20}}
+    ok = {"iris-2": Figures(requests=40, errors=1, error_rate=0.025, p99_ms=20)}
     assert judge(g, ok) == ""

@@ -1,0 +1,50 @@
+"""The core's immutable values: what the manifests ask for and what a provider is asked to run.
+
+These types are shared by every stage (manifests, resolve, diff, plan, apply) and by the
+providers and the gateway, which depend on nothing else of the core. They hold data only:
+no I/O, no MLflow, no processes.
+
+    resolved   ResolvedModel: a model URI pinned at plan time
+    endpoint   EndpointSpec, EntitySpec, Route, workload sizes
+    rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
+    limits     RateLimit and how a manifest's limits are read
+    replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
+    hashing    canonical JSON and content hashes
+"""
+
+from declare.model.endpoint import (
+    WORKLOAD_CONCURRENCY,
+    WORKLOAD_REPLICAS,
+    WORKLOAD_TYPES,
+    EndpointSpec,
+    EntitySpec,
+    Route,
+)
+from declare.model.hashing import canonical_json, short_hash
+from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest_limits
+from declare.model.replica import ReplicaHandle, ReplicaSpec
+from declare.model.resolved import ResolvedModel
+from declare.model.rollout import Figures, Guards, RolloutPolicy, judge, rollout_problems
+
+__all__ = [
+    "WORKLOAD_CONCURRENCY",
+    "WORKLOAD_REPLICAS",
+    "WORKLOAD_TYPES",
+    "EndpointSpec",
+    "EntitySpec",
+    "Figures",
+    "Guards",
+    "LimitError",
+    "ManifestLimits",
+    "RateLimit",
+    "ReplicaHandle",
+    "ReplicaSpec",
+    "ResolvedModel",
+    "RolloutPolicy",
+    "Route",
+    "canonical_json",
+    "judge",
+    "manifest_limits",
+    "rollout_problems",
+    "short_hash",
+]
