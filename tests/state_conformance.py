@@ -156,6 +156,20 @@ def check_lock_arguments_checked(factory: BackendFactory) -> None:
     assert backend.lock_info() is None
 
 
+def check_second_lock_in_one_process_refused(factory: BackendFactory) -> None:
+    backend = factory()
+    info = backend.lock("apply", 0)
+    try:
+        with pytest.raises(StateError) as err:
+            backend.lock("plan", 0)
+        assert not isinstance(err.value, StateLockedError)  # refused at once, not waited for
+        assert "already holds" in str(err.value) and info.id in str(err.value)
+        assert factory().lock_info() == info
+    finally:
+        backend.unlock(info.id)
+    assert factory().lock_info() is None
+
+
 def check_unlock_needs_the_right_id(factory: BackendFactory) -> None:
     backend = factory()
     info = backend.lock("apply", 0)
@@ -272,6 +286,7 @@ CHECKS: tuple[Callable[[BackendFactory], None], ...] = (
     check_concurrent_unlocked_writers_lose_nothing,
     check_lock_info_names_the_holder,
     check_lock_arguments_checked,
+    check_second_lock_in_one_process_refused,
     check_unlock_needs_the_right_id,
     check_locked_context_releases_on_error,
     check_lock_blocks_another_process,

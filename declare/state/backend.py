@@ -16,7 +16,15 @@ The document is plain JSON: `{"format_version": 1, "serial": N, "lineage": "<uui
 ...payload}`. The backend owns `serial` and `lineage`; what the payload means is
 `declare.state.document`'s business, not this module's.
 
-This module does no I/O and knows nothing of manifests, plans or providers.
+Locking is shared the same way (Terraform's statemgr.LockWithContext): a backend says how to
+try its lock once (`LockAttempt`) and `lock_with_retry` checks the arguments, refuses a
+second lock in one process, polls with backoff and words the "locked by another run" error.
+The other messages every backend gives about its lock are made here too (`check_held`,
+`wrong_lock_error`, `warn_takeover`).
+
+This module touches no file or database: it sleeps between a backend's lock attempts and
+logs a takeover on the `declare.state` logger, nothing more. It knows nothing of manifests,
+plans or providers.
 """
 
 from __future__ import annotations
@@ -24,15 +32,17 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar
 
 from declare import __version__
 from declare.errors import ConfigError, StaleStateError, StateError, StateLockedError
@@ -44,6 +54,11 @@ HEADER_KEYS = ("format_version", "serial", "lineage")
 POLL_FIRST = 0.01
 POLL_FACTOR = 2.0
 POLL_MAX = 0.25
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+log = logging.getLogger("declare.state")
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,37 @@ class LockInfo:
             ("Created", self.created),
         ]
         return "\n".join(f"{indent}{k + ':':<11}{v}" for k, v in rows)
+
+
+@dataclass(frozen=True)
+class HeldLock(Generic[K]):
+    """A lock this process holds: its record, and what keeps it alive while held (the guard
+    file's descriptor, the lock's database session)."""
+
+    info: LockInfo
+    keeper: K
+
+
+class LockAttempt(Protocol[K]):
+    """How one backend tries its lock once; `lock_with_retry` does the waiting.
+
+    `try_take` takes what keeps the lock alive (an flock, an advisory lock) without waiting,
+    or returns None while another run holds it; `claim` then records this process as the
+    holder (a stale record of a dead run is replaced) and gives up `keeper` when it fails.
+    """
+
+    @property
+    def where(self) -> str:
+        """The lock's place, as the "is locked by another run" message names it."""
+        ...
+
+    def try_take(self) -> K | None: ...
+
+    def holder(self) -> LockInfo | None:
+        """The current holder's record, for the message (None: none, or unreadable)."""
+        ...
+
+    def claim(self, keeper: K, operation: str) -> LockInfo: ...
 
 
 class StateReader(Protocol):
@@ -309,6 +355,93 @@ def poll_delays(timeout_seconds: float) -> Iterator[float]:
             return
         yield min(delay, left)
         delay = min(delay * POLL_FACTOR, POLL_MAX)
+
+
+def poll(attempt: Callable[[], T | None], timeout_seconds: float) -> T | None:
+    """`attempt()` until it gives a value, waiting `poll_delays` between tries (a first try
+    at once); None when `timeout_seconds` passed without one."""
+    result = attempt()
+    if result is not None:
+        return result
+    for delay in poll_delays(timeout_seconds):
+        time.sleep(delay)
+        result = attempt()
+        if result is not None:
+            return result
+    return None
+
+
+def lock_with_retry(
+    operation: str,
+    timeout_seconds: float,
+    held: HeldLock[K] | None,
+    where: str,
+    attempt: Callable[[], AbstractContextManager[LockAttempt[K]]],
+) -> HeldLock[K]:
+    """Take a backend's lock for `operation`, waiting up to `timeout_seconds`.
+
+    Checks the arguments (ConfigError), refuses when this process already holds the lock
+    (`held`; StateError naming `where`), then enters `attempt()` (which may prepare: create
+    the folder, connect) and polls its `try_take` until the timeout: StateLockedError naming
+    the holder when the lock stayed busy, else the holder record `claim` wrote.
+    """
+    check_lock_args(operation, timeout_seconds)
+    if held is not None:
+        raise StateError(
+            f"this process already holds the lock on {where} "
+            f"({held.info.id}, for {held.info.operation})"
+        )
+    with attempt() as lock:
+        keeper = poll(lock.try_take, timeout_seconds)
+        if keeper is None:
+            raise locked_error(lock.holder(), lock.where, timeout_seconds)
+        return HeldLock(lock.claim(keeper, operation), keeper)
+
+
+def check_held(
+    held: HeldLock[K] | None,
+    lock_id: str,
+    where: str,
+    current: Callable[[], LockInfo | None],
+) -> HeldLock[K]:
+    """`held` when it is the lock `lock_id`, else the StateError of an `unlock` of a lock
+    this process does not hold (`current()` says who holds the state now)."""
+    if held is not None and held.info.id == lock_id:
+        return held
+    now_holder = current()
+    now = (
+        f"the state is locked as {now_holder.id} by {now_holder.who} (pid {now_holder.pid})"
+        if now_holder is not None
+        else "the state is not locked"
+    )
+    raise StateError(
+        f"cannot unlock {where}: lock {lock_id} is not held by this process ({now}). "
+        f"To remove another run's lock use: declare force-unlock <ID>"
+    )
+
+
+def wrong_lock_error(
+    where: str, lock_id: str, current_id: str, current: LockInfo | None
+) -> StateError:
+    """The StateError of a force-unlock of `lock_id` when the state is locked as `current_id`
+    (`current`: its record, None when unreadable)."""
+    detail = f"\nLock info:\n{current.describe()}" if current is not None else ""
+    return StateError(
+        f"cannot unlock {where}: it is locked as {current_id}, not {lock_id}.{detail}"
+    )
+
+
+def warn_takeover(where: str, replaced: LockInfo | None) -> None:
+    """Log that the lock on `where` left by a dead run (`replaced`; None: unreadable) was
+    taken over."""
+    log.warning(
+        "took over the lock on %s left by a run that is gone: %s",
+        where,
+        f"{replaced.id} ({replaced.operation} by {replaced.who}, pid {replaced.pid}, "
+        f"since {replaced.created})"
+        if replaced is not None
+        else "its record was unreadable",
+    )
 
 
 def locked_error(holder: LockInfo | None, where: str, waited: float) -> StateLockedError:

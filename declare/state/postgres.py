@@ -47,59 +47,61 @@ Needs a direct session to the server, or a pooler in session mode: a transaction
 pooler (PgBouncer `pool_mode=transaction`) cannot keep session advisory locks. Tested
 against PostgreSQL 15; uses nothing newer than PostgreSQL 12. Knows nothing of what the
 document means (see `declare.state.document`).
+
+This module does reading, the write transaction, and the bookkeeping of the lock this
+process holds (and which connection a read or write goes through). The statements are
+`postgres_sql`'s, the lock session and force-unlock `postgres_lock`'s, connecting
+`postgres_connect`'s, the waiting `backend.lock_with_retry`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import threading
-import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from declare.errors import ConfigError, StateError
 from declare.state.backend import (
+    HeldLock,
     LockInfo,
     StateBackend,
-    check_lock_args,
+    check_held,
     decode_state,
     encode_state,
-    locked_error,
+    lock_with_retry,
     next_state,
-    poll_delays,
 )
+from declare.state.postgres_connect import (
+    CONNECT_TIMEOUT_SECONDS,
+    Connection,
+    connect,
+    location_of,
+    reason,
+)
+from declare.state.postgres_lock import (
+    LOCK_SESSION_SETTINGS,
+    TERMINATE_TIMEOUT_SECONDS,
+    LockSession,
+    WorkspaceLock,
+)
+from declare.state.postgres_sql import StateTables, advisory_xact_lock
+
+__all__ = [
+    "CONNECT_TIMEOUT_SECONDS",
+    "DEFAULT_SCHEMA",
+    "DEFAULT_TABLE",
+    "LOCK_SESSION_SETTINGS",
+    "TERMINATE_TIMEOUT_SECONDS",
+    "Connection",
+    "PostgresStateBackend",
+]
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_TABLE = "declare_state"
-CONNECT_TIMEOUT_SECONDS = 10
-# How long force-unlock waits for the server to end the holder's session.
-TERMINATE_TIMEOUT_SECONDS = 10.0
-# Server-side settings of the lock's session (see the module docstring).
-LOCK_SESSION_SETTINGS = (
-    ("tcp_keepalives_idle", "30"),
-    ("tcp_keepalives_interval", "10"),
-    ("tcp_keepalives_count", "3"),
-    ("idle_session_timeout", "0"),  # PostgreSQL 14+; ignored where unknown
-    ("idle_in_transaction_session_timeout", "0"),
-)
-
-log = logging.getLogger("declare.state")
-
-Connection = psycopg.Connection[tuple[Any, ...]]
-
-
-@dataclass(frozen=True)
-class _Held:
-    info: LockInfo
-    conn: Connection
 
 
 class PostgresStateBackend(StateBackend):
@@ -107,7 +109,8 @@ class PostgresStateBackend(StateBackend):
 
     `dsn` is a libpq connection string (URI or key=value). `dsn_source` says where it came
     from, for messages ("environment variable DECLARE_STATE_DSN"); the DSN itself, which
-    may hold a password, is never shown.
+    may hold a password, is never shown. Holds whether the tables were seen, and the lock
+    this instance took (`_held`: its record and its lock session) until it is unlocked.
     """
 
     def __init__(
@@ -120,30 +123,15 @@ class PostgresStateBackend(StateBackend):
     ) -> None:
         if not workspace:
             raise ConfigError("the PostgreSQL state backend needs a workspace name")
-        try:
-            params = conninfo_to_dict(dsn)
-        except psycopg.Error:
-            raise ConfigError(
-                f"{dsn_source} is not a PostgreSQL connection string "
-                "(postgresql://user:password@host:port/database, or key=value pairs)"
-            ) from None
+        self._location = location_of(dsn, dsn_source, schema, table, workspace)
         self._dsn = dsn
         self.workspace = workspace
         self.schema = schema
         self.table = table
-        host = str(params.get("host") or params.get("hostaddr") or "localhost")
-        port = f":{params['port']}" if params.get("port") else ""
-        database = params.get("dbname") or params.get("user") or ""
-        self._location = (
-            f"postgres://{host}{port}/{database} (table {schema}.{table}, workspace {workspace})"
-        )
-        self._history = sql.Identifier(schema, table)
-        self._locks = sql.Identifier(schema, f"{table}_lock")
-        self._lock_key = _advisory_key("lock", schema, table, workspace)
-        self._write_key = _advisory_key("write", schema, table, workspace)
-        self._setup_key = _advisory_key("setup", schema, table)
+        self._tables = StateTables(schema, table, workspace)
+        self._lock = WorkspaceLock(self._tables, self._location)
         self._tables_ready = False
-        self._held: _Held | None = None
+        self._held: HeldLock[Connection] | None = None
         self._mutex = threading.RLock()  # one user of the lock's connection at a time
 
     def __repr__(self) -> str:
@@ -158,158 +146,60 @@ class PostgresStateBackend(StateBackend):
     def read(self) -> dict[str, Any] | None:
         with self._session("read") as conn:
             try:
-                row = conn.execute(
-                    sql.SQL(
-                        "SELECT id, doc::text FROM {} WHERE workspace = %s ORDER BY id DESC LIMIT 1"
-                    ).format(self._history),
-                    (self.workspace,),
-                ).fetchone()
+                row = self._tables.latest_state(conn)
             except psycopg.errors.UndefinedTable:
                 return None
-        if row is None:
-            return None
-        return self._decode(row[0], row[1])
+        return None if row is None else self._decode(*row)
 
     def write(self, doc: Mapping[str, Any]) -> dict[str, Any]:
         self._ensure_tables()
         with self._session("write") as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT id, doc::text FROM {} WHERE workspace = %s ORDER BY id DESC LIMIT 1"
-                ).format(self._history),
-                (self.workspace,),
-            ).fetchone()
-            stored = None if row is None else self._decode(row[0], row[1])
+            advisory_xact_lock(conn, self._tables.write_key)
+            row = self._tables.latest_state(conn)
+            stored = None if row is None else self._decode(*row)
             new = next_state(stored, doc, self._location)
             text = encode_state(new, self._location).decode("utf-8")
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (workspace, serial, lineage, doc) VALUES (%s, %s, %s, %s::json)"
-                ).format(self._history),
-                (self.workspace, new["serial"], new["lineage"], text),
-            )
+            self._tables.insert_state(conn, new["serial"], new["lineage"], text)
         result: dict[str, Any] = json.loads(text)
         return result
 
     # ---- lock ------------------------------------------------------------------------
 
     def lock(self, operation: str, timeout_seconds: float) -> LockInfo:
-        check_lock_args(operation, timeout_seconds)
-        if self._held is not None:
-            raise StateError(
-                f"this process already holds the lock on {self._location} "
-                f"({self._held.info.id}, for {self._held.info.operation})"
-            )
-        self._ensure_tables()
-        conn = self._connect("lock")
-        try:
-            for name, value in LOCK_SESSION_SETTINGS:
-                _set_if_known(conn, name, value)
-            got = self._try_advisory_lock(conn)
-            if not got:
-                for delay in poll_delays(timeout_seconds):
-                    time.sleep(delay)
-                    if self._try_advisory_lock(conn):
-                        got = True
-                        break
-            if not got:
-                raise locked_error(self._lock_row(conn), self._location, timeout_seconds)
-            info = self._write_lock_row(conn, operation)
-        except psycopg.Error as exc:
-            conn.close()
-            raise StateError(f"cannot lock the state at {self._location}: {_reason(exc)}") from None
-        except BaseException:
-            conn.close()
-            raise
-        self._held = _Held(info, conn)
-        return info
+        self._held = lock_with_retry(
+            operation, timeout_seconds, self._held, self._location, self._lock_attempt
+        )
+        return self._held.info
 
     def unlock(self, lock_id: str) -> None:
-        held = self._held
-        if held is None or held.info.id != lock_id:
-            current = self.lock_info()
-            now = (
-                f"the state is locked as {current.id} by {current.who} (pid {current.pid})"
-                if current is not None
-                else "the state is not locked"
-            )
-            raise StateError(
-                f"cannot unlock {self._location}: lock {lock_id} is not held by this process "
-                f"({now}). To remove another run's lock use: declare force-unlock <ID>"
-            )
+        held = check_held(self._held, lock_id, self._location, self.lock_info)
         with self._mutex:
             self._held = None
-            try:
-                with held.conn.transaction():
-                    deleted = held.conn.execute(
-                        sql.SQL("DELETE FROM {} WHERE workspace = %s AND lock_id = %s").format(
-                            self._locks
-                        ),
-                        (self.workspace, lock_id),
-                    ).rowcount
-                held.conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
-                if not deleted:
-                    log.warning(
-                        "the lock %s on %s was removed (force-unlock) while this run held it",
-                        lock_id,
-                        self._location,
-                    )
-            except psycopg.Error as exc:
-                # The session ended (force-unlock, a server restart, the network): the server
-                # released the advisory lock with it, and a new holder's row stays.
-                log.warning(
-                    "the lock %s on %s was already released: its database session ended "
-                    "(force-unlock, a server restart or a network failure): %s",
-                    lock_id,
-                    self._location,
-                    _reason(exc),
-                )
-            finally:
-                held.conn.close()
+            self._lock.release(held.keeper, lock_id)
 
     def force_unlock(self, lock_id: str) -> None:
         if self._held is not None and self._held.info.id == lock_id:
             self.unlock(lock_id)
             return
         with self._connect("force-unlock") as conn:
-            try:
-                holder = self._end_holder_session(conn, lock_id)
-                if holder is not None:
-                    self._await_release(conn, holder)
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise StateError(
-                    f"cannot unlock {self._location}: ending the holder's database session "
-                    f"was refused ({_reason(exc)}). force-unlock of a run that is still "
-                    "connected needs the holder's database role or membership in "
-                    "pg_signal_backend."
-                ) from None
-            except psycopg.errors.UndefinedTable:
-                raise StateError(f"cannot unlock {self._location}: it is not locked") from None
-            except psycopg.Error as exc:
-                raise StateError(f"cannot unlock {self._location}: {_reason(exc)}") from None
+            self._lock.force_unlock(conn, lock_id)
 
     def lock_info(self) -> LockInfo | None:
         with self._session("lock info") as conn:
             try:
-                return self._lock_row(conn)
+                return self._lock.holder(conn)
             except psycopg.errors.UndefinedTable:
                 return None
 
     # ---- internals -------------------------------------------------------------------
 
+    def _lock_attempt(self) -> AbstractContextManager[LockSession]:
+        """The tables made when missing, then a new lock session (opened on entry)."""
+        self._ensure_tables()
+        return self._lock.session(self._connect)
+
     def _connect(self, purpose: str) -> Connection:
-        try:
-            return psycopg.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                application_name=f"declare state {purpose}",
-            )
-        except psycopg.Error as exc:
-            raise StateError(
-                f"cannot connect to the state database {self._location}: {_reason(exc)}"
-            ) from None
+        return connect(self._dsn, purpose, self._location)
 
     @contextmanager
     def _session(self, purpose: str) -> Iterator[Connection]:
@@ -322,26 +212,26 @@ class PostgresStateBackend(StateBackend):
             held = self._held
             try:
                 if held is not None:
-                    yield held.conn
+                    yield held.keeper
                 else:
                     with self._connect(purpose) as conn:
                         yield conn
             except psycopg.errors.UndefinedTable:
                 raise
-            except psycopg.OperationalError as exc:
-                if held is not None and (held.conn.broken or held.conn.closed):
+            except psycopg.Error as exc:
+                if (
+                    isinstance(exc, psycopg.OperationalError)
+                    and held is not None
+                    and (held.keeper.broken or held.keeper.closed)
+                ):
                     raise StateError(
                         f"the state lock {held.info.id} on {self._location} was lost: its "
                         "database session ended (force-unlock, a server restart or a network "
-                        f"failure), so this {purpose} was not done ({_reason(exc)}). "
+                        f"failure), so this {purpose} was not done ({reason(exc)}). "
                         "Run plan again."
                     ) from None
                 raise StateError(
-                    f"cannot {purpose} the state at {self._location}: {_reason(exc)}"
-                ) from None
-            except psycopg.Error as exc:
-                raise StateError(
-                    f"cannot {purpose} the state at {self._location}: {_reason(exc)}"
+                    f"cannot {purpose} the state at {self._location}: {reason(exc)}"
                 ) from None
 
     def _ensure_tables(self) -> None:
@@ -349,58 +239,9 @@ class PostgresStateBackend(StateBackend):
         if self._tables_ready:
             return
         with self._session("prepare") as conn:
-            if not self._tables_exist(conn):
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._setup_key,))
-                    conn.execute(
-                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                            sql.Identifier(self.schema)
-                        )
-                    )
-                    conn.execute(
-                        sql.SQL(
-                            """
-                            CREATE TABLE IF NOT EXISTS {history} (
-                                id bigserial PRIMARY KEY,
-                                workspace text NOT NULL,
-                                serial bigint NOT NULL,
-                                lineage text NOT NULL,
-                                doc json NOT NULL,
-                                written_at timestamptz NOT NULL DEFAULT now(),
-                                UNIQUE (workspace, lineage, serial)
-                            )
-                            """
-                        ).format(history=self._history)
-                    )
-                    conn.execute(
-                        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (workspace, id)").format(
-                            sql.Identifier(f"{self.table}_latest"), self._history
-                        )
-                    )
-                    conn.execute(
-                        sql.SQL(
-                            """
-                            CREATE TABLE IF NOT EXISTS {locks} (
-                                workspace text PRIMARY KEY,
-                                lock_id text NOT NULL,
-                                info json NOT NULL,
-                                backend_pid integer NOT NULL,
-                                locked_at timestamptz NOT NULL DEFAULT now()
-                            )
-                            """
-                        ).format(locks=self._locks)
-                    )
+            if not self._tables.exist(conn):
+                self._tables.create(conn)
         self._tables_ready = True
-
-    def _tables_exist(self, conn: Connection) -> bool:
-        row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
-            (
-                self._history.as_string(conn),
-                self._locks.as_string(conn),
-            ),
-        ).fetchone()
-        return bool(row and row[0])
 
     def _decode(self, row_id: int, text: str) -> dict[str, Any]:
         return decode_state(text.encode("utf-8"), self._location, self._recovery_hint(row_id))
@@ -412,144 +253,3 @@ class PostgresStateBackend(StateBackend):
             f"'{self.workspace}' AND id < {row_id} ORDER BY id DESC, then write it to a file "
             "and `declare state push --force` it."
         )
-
-    def _try_advisory_lock(self, conn: Connection) -> bool:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,)).fetchone()
-        return bool(row and row[0])
-
-    def _lock_row(self, conn: Connection) -> LockInfo | None:
-        row = conn.execute(
-            sql.SQL("SELECT info::text FROM {} WHERE workspace = %s").format(self._locks),
-            (self.workspace,),
-        ).fetchone()
-        return None if row is None else self._parse_lock(row[0])
-
-    def _parse_lock(self, text: str) -> LockInfo | None:
-        try:
-            return LockInfo.from_json(json.loads(text), f"{self._location} lock")
-        except (ValueError, StateError):
-            return None  # not written by declare: treated as an unreadable record
-
-    def _write_lock_row(self, conn: Connection, operation: str) -> LockInfo:
-        """Record this run as the holder; called holding the advisory lock, so any row
-        there is a dead run's (or one force-unlock is removing)."""
-        with conn.transaction():
-            row = conn.execute(
-                sql.SQL("SELECT info::text FROM {} WHERE workspace = %s FOR UPDATE").format(
-                    self._locks
-                ),
-                (self.workspace,),
-            ).fetchone()
-            replaced = None
-            if row is not None:
-                replaced = self._parse_lock(row[0])
-                log.warning(
-                    "took over the lock on %s left by a run that is gone: %s",
-                    self._location,
-                    f"{replaced.id} ({replaced.operation} by {replaced.who}, pid "
-                    f"{replaced.pid}, since {replaced.created})"
-                    if replaced is not None
-                    else "its record was unreadable",
-                )
-            info = LockInfo.new(operation, replaced)
-            conn.execute(
-                sql.SQL(
-                    """
-                    INSERT INTO {} (workspace, lock_id, info, backend_pid)
-                    VALUES (%s, %s, %s::json, pg_backend_pid())
-                    ON CONFLICT (workspace) DO UPDATE
-                    SET lock_id = excluded.lock_id, info = excluded.info,
-                        backend_pid = excluded.backend_pid, locked_at = now()
-                    """
-                ).format(self._locks),
-                (self.workspace, info.id, json.dumps(info.to_json())),
-            )
-        return info
-
-    def _advisory_holders(self, conn: Connection) -> list[int]:
-        """Backend PIDs of the sessions holding this workspace's advisory lock (0 or 1)."""
-        unsigned = self._lock_key & 0xFFFF_FFFF_FFFF_FFFF
-        rows = conn.execute(
-            """
-            SELECT pid FROM pg_locks
-            WHERE locktype = 'advisory' AND granted
-              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1
-            """,
-            (unsigned >> 32, unsigned & 0xFFFF_FFFF),
-        ).fetchall()
-        return [int(pid) for (pid,) in rows if pid is not None]
-
-    def _end_holder_session(self, conn: Connection, lock_id: str) -> int | None:
-        """Check the ID, end the holder's session, delete the row; the ended session's PID."""
-        with conn.transaction():
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT lock_id, info::text, backend_pid FROM {} WHERE workspace = %s "
-                    "FOR UPDATE"
-                ).format(self._locks),
-                (self.workspace,),
-            ).fetchone()
-            if row is None:
-                raise StateError(f"cannot unlock {self._location}: it is not locked")
-            current_id, info_text, backend_pid = row
-            if current_id != lock_id:
-                current = self._parse_lock(info_text)
-                detail = f"\nLock info:\n{current.describe()}" if current is not None else ""
-                raise StateError(
-                    f"cannot unlock {self._location}: it is locked as {current_id}, "
-                    f"not {lock_id}.{detail}"
-                )
-            ended = None
-            for pid in self._advisory_holders(conn):
-                if pid != backend_pid:
-                    raise StateError(
-                        f"cannot unlock {self._location}: the lock {lock_id} is being taken "
-                        "over by another run right now; see it with `declare plan` and try "
-                        "again if it is still stuck"
-                    )
-                done = conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
-                if not (done and done[0]):
-                    raise StateError(
-                        f"cannot unlock {self._location}: the server did not end the "
-                        f"holder's session (backend pid {pid})"
-                    )
-                ended = pid
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE workspace = %s AND lock_id = %s").format(self._locks),
-                (self.workspace, lock_id),
-            )
-        return ended
-
-    def _await_release(self, conn: Connection, pid: int) -> None:
-        """Wait until the ended session `pid` no longer holds the advisory lock."""
-        for delay in poll_delays(TERMINATE_TIMEOUT_SECONDS):
-            if pid not in self._advisory_holders(conn):
-                return
-            time.sleep(delay)
-        if pid in self._advisory_holders(conn):
-            raise StateError(
-                f"force-unlock of {self._location}: the holder's session (backend pid {pid}) "
-                f"was told to end but still holds the lock after "
-                f"{TERMINATE_TIMEOUT_SECONDS:g} s; try again"
-            )
-
-
-def _advisory_key(*parts: str) -> int:
-    """A signed 64-bit advisory lock key for `parts` (same on every client)."""
-    digest = hashlib.sha256("\0".join(("declare-state", *parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _set_if_known(conn: Connection, name: str, value: str) -> None:
-    """`SET name = value` for this session; a setting this server does not have is skipped."""
-    try:
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-    except psycopg.errors.UndefinedObject:
-        log.debug("the state database has no setting %s", name)
-
-
-def _reason(exc: psycopg.Error) -> str:
-    """The server's or libpq's message, on one line (it never holds the password)."""
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from declare.errors import StateError, StateLockedError
+from declare.errors import ConfigError, StateError, StateLockedError
 from declare.state import LocalStateBackend
 from declare.state.local import GUARD_FILE, LOCK_FILE
 from tests.state_conformance import CHECKS, CHILD_TIMEOUT, BackendFactory, check_id
@@ -102,6 +102,12 @@ def test_state_of_a_newer_format_is_refused(state_dir: Path) -> None:
     with pytest.raises(StateError) as err:
         LocalStateBackend(state_dir).read()
     assert "newer declare" in str(err.value)
+
+
+def test_bad_lock_arguments_create_nothing(state_dir: Path) -> None:
+    with pytest.raises(ConfigError):
+        LocalStateBackend(state_dir).lock("apply", float("nan"))
+    assert not state_dir.exists()  # the arguments are checked before the folder is made
 
 
 def test_unlock_leaves_no_lock_files(state_dir: Path) -> None:
