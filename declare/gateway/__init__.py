@@ -5,13 +5,22 @@ API from a routing table that declare pushes through the admin interface. It nev
 manifests or state. See `table.py` for the routing table's shape.
 
 Modules:
-    table     the routing table (the only thing declare sends)
-    limits    rate limits: the values in the table and the fixed-window counters
-    routing   pure choice of served entity and replica
-    metrics   per endpoint/entity request counts and latency
-    server    the aiohttp application            __main__  the process's command line
-    client    declare's synchronous admin client process   start/find/stop the process
-    echo      a trivial upstream for tests and benchmarks
+    table       the routing table (the only thing declare sends)
+    limits      rate limits: the values in the table and the fixed-window counters
+    balance     pure choice of served entity and replica
+    metrics     per endpoint/entity request counts and latency
+    config      the process's settings (GatewayConfig)
+    state       the state the handlers share: the live table, in-flight counts, metrics
+    responses   the Databricks-style error responses
+    dataplane   invocations: limits, body checks, entity/replica choice, one retry
+    upstream    the pooled client session to the replicas
+    management  the read-only management API and health
+    admin       the admin interface: table push/get, drain, metrics
+    server      the aiohttp application: routes, auth, error mapping
+    __main__    the process's command line
+    client      declare's synchronous admin client
+    process     start/find/stop the process
+    echo        a trivial upstream for tests and benchmarks
 
 This package's `__init__` stays import-light (no aiohttp, no httpx): it holds only the
 constants that both the process and declare's side need.

@@ -1,10 +1,10 @@
 """Request metrics of the gateway, per endpoint and served entity, for rollout guards.
 
 Every finished public request to a known endpoint is one sample (finish time, endpoint,
-entity, latency, whether the client got a 5xx). Samples sit in a bounded ring (the most
-recent `capacity`), so a report over a window (`since`) sees at most that many; cumulative
-counts since the gateway started are kept apart and never dropped. A request rejected before
-an entity was chosen (bad JSON, body too large) counts for its endpoint only.
+entity, latency, whether it was an error: see `dataplane.py`). Samples sit in a bounded ring
+(the most recent `capacity`), so a report over a window (`since`) sees at most that many;
+cumulative counts since the gateway started are kept apart and never dropped. A request
+rejected before an entity was chosen (bad JSON, body too large) counts for its endpoint only.
 
 Not thread-safe: the gateway runs one event loop and calls `record` from it.
 """

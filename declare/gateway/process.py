@@ -6,7 +6,9 @@ The gateway runs detached (it outlives `declare apply`). Its files sit in
 is passed through the environment only and never written to disk.
 
 Stopping signals only the recorded process, identified by PID and start time. This module
-does not push routing tables: see `declare.gateway.client`.
+does not push routing tables (see `declare.gateway.client`) and does not serve anything
+itself (see `server.py`); the process's command line is built here and parsed in
+`__main__.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from typing import Any
 
 import httpx
 
-import declare
 from declare import procs
 from declare.errors import GatewayError
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
@@ -32,10 +33,14 @@ from declare.gateway.client import GatewayClient
 RECORD_NAME = "gateway.json"
 TOKEN_NAME = "admin-token"
 LOG_NAME = "gateway.log"
+# The directory holding the `declare` package, for PYTHONPATH (a source checkout too).
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
 class GatewayRecord:
+    """What `gateway.json` says about a started gateway: process, address, settings."""
+
     process: procs.ProcessId
     host: str
     port: int
@@ -174,6 +179,35 @@ def start_gateway(
     """
     directory = gateway_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    _refuse_when_taken(state_dir, host, port)
+    token_file = directory / TOKEN_NAME
+    _write_private(token_file, secrets.token_urlsafe(32))
+    log_path = directory / LOG_NAME
+    argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    try:
+        proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
+    except OSError as exc:
+        raise GatewayError(f"cannot start the gateway process: {exc}") from exc
+    _wait_until_answering(proc, host, port, log_path, offset, startup_timeout)
+    record = GatewayRecord(
+        process=proc,
+        host=host,
+        port=port,
+        log_path=log_path,
+        admin_token_file=token_file,
+        started_at=time.time(),
+        max_body_bytes=max_body_bytes,
+        queue_timeout=queue_timeout,
+        upstream_timeout=upstream_timeout,
+        auth=bool(auth_token),
+    )
+    _write_record(directory / RECORD_NAME, record)
+    return record
+
+
+def _refuse_when_taken(state_dir: Path, host: str, port: int) -> None:
+    """GatewayError when this project's gateway already runs or `host:port` is in use."""
     existing = read_gateway_record(state_dir)
     if existing is not None and gateway_running(existing):
         raise GatewayError(
@@ -187,17 +221,18 @@ def start_gateway(
             f"cannot start the gateway on {host}:{port}: the port is taken by {owner}; "
             "choose another gateway port"
         )
-    token_file = directory / TOKEN_NAME
-    _write_private(token_file, secrets.token_urlsafe(32))
-    log_path = directory / LOG_NAME
-    env = procs.venv_path_env(os.environ)
-    env.pop(AUTH_ENV, None)
-    if auth_token:
-        env[AUTH_ENV] = auth_token
-    # Make the running declare importable even when it is not installed (a source checkout).
-    source_root = str(Path(declare.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH", "")) if p)
-    argv = [
+
+
+def _gateway_argv(
+    host: str,
+    port: int,
+    token_file: Path,
+    max_body_bytes: int,
+    queue_timeout: float,
+    upstream_timeout: float,
+) -> list[str]:
+    """The command line of the gateway process (`python -m declare.gateway ...`)."""
+    return [
         sys.executable,
         "-m",
         "declare.gateway",
@@ -214,12 +249,26 @@ def start_gateway(
         "--upstream-timeout",
         str(upstream_timeout),
     ]
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    try:
-        proc = procs.start_detached(argv, log_path, env, cwd=directory)
-    except OSError as exc:
-        raise GatewayError(f"cannot start the gateway process: {exc}") from exc
-    deadline = time.monotonic() + startup_timeout
+
+
+def _gateway_env(auth_token: str | None) -> dict[str, str]:
+    """The gateway's environment: the end users' token (or none) and declare importable."""
+    env = procs.venv_path_env(os.environ)
+    env.pop(AUTH_ENV, None)
+    if auth_token:
+        env[AUTH_ENV] = auth_token
+    # Make the running declare importable even when it is not installed (a source checkout).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _wait_until_answering(
+    proc: procs.ProcessId, host: str, port: int, log_path: Path, offset: int, timeout: float
+) -> None:
+    """Return once `proc` answers health on `host:port`; GatewayError (with the log's tail
+    since `offset`) when it exits first or stays silent for `timeout` s (then it is stopped).
+    """
+    deadline = time.monotonic() + timeout
     while True:
         if not procs.is_running(proc):
             raise GatewayError(
@@ -227,28 +276,14 @@ def start_gateway(
             )
         health = _health(host, port)
         if health is not None and health.get("pid") == proc.pid:
-            break
+            return
         if time.monotonic() > deadline:
             procs.stop(proc, grace_seconds=2.0)
             raise GatewayError(
-                f"the gateway did not answer on {host}:{port} within {startup_timeout:g} s "
+                f"the gateway did not answer on {host}:{port} within {timeout:g} s "
                 f"({log_path}):\n{_log_since(log_path, offset)}"
             )
         time.sleep(0.05)
-    record = GatewayRecord(
-        process=proc,
-        host=host,
-        port=port,
-        log_path=log_path,
-        admin_token_file=token_file,
-        started_at=time.time(),
-        max_body_bytes=max_body_bytes,
-        queue_timeout=queue_timeout,
-        upstream_timeout=upstream_timeout,
-        auth=bool(auth_token),
-    )
-    _write_record(directory / RECORD_NAME, record)
-    return record
 
 
 def stop_gateway(state_dir: Path, grace_seconds: float = 30.0) -> bool:

@@ -1,4 +1,5 @@
-"""Unit tests of the gateway's routing choice, table validation, descriptions and metrics."""
+"""Unit tests of the gateway's balancing (entity and replica choice), table validation,
+descriptions, metrics and shared state."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from typing import Any
 
 import pytest
 
-from declare.gateway.metrics import Metrics, percentile
-from declare.gateway.routing import (
+from declare.gateway.balance import (
     compile_endpoint,
     endpoint_ready,
     fallback_entities,
     pick_entity,
     pick_replica,
 )
+from declare.gateway.dataplane import json_problem
+from declare.gateway.metrics import Metrics, percentile
 from declare.gateway.server import describe_endpoint
+from declare.gateway.state import GatewayState
 from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
 
 
@@ -167,3 +170,39 @@ def test_metrics_window_totals_and_bounded_ring() -> None:
     future = metrics.report(since=1e12)["endpoints"]["ep"]
     assert future["requests"] == 0 and future["p50_ms"] is None
     assert future["total_requests"] == 16
+
+
+def test_shared_state_swaps_the_table_and_forgets_what_it_no_longer_routes() -> None:
+    state = GatewayState(metrics_capacity=10)
+    assert state.table.version == 0 and not state.live.urls
+    state.set_table(RoutingTable.from_json(table_json()))
+    before = state.live
+    assert state.table.version == 2
+    assert str(before.urls["r"]) == "http://127.0.0.1:1/invocations"
+    assert before.served["r"] == "a"
+    state.cursors[("ep", "a")] = 5
+    state.cursors[("gone", "x")] = 3
+    inflight, metrics, limiter = state.inflight, state.metrics, state.limiter
+    state.set_table(RoutingTable.from_json(table_json()))
+    assert state.live is not before and before.urls["r"]  # a request keeps its old table
+    assert state.cursors == {("ep", "a"): 5}
+    assert state.inflight is inflight and state.metrics is metrics and state.limiter is limiter
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"inputs": [1]}', None),
+        (b"", "the request body is empty"),
+        (b"{nope", "the request body is not valid JSON"),
+        (b"\xff\xfe", "not valid"),
+        (b"[1, 2]", "must be a JSON object (with dataframe_split"),
+        (b'"s"', "not a string"),
+    ],
+)
+def test_json_bodies_must_be_objects(body: bytes, problem: str | None) -> None:
+    found = json_problem(body)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found

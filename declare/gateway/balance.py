@@ -1,10 +1,13 @@
-"""Routing choices of the gateway: which served entity, then which replica.
+"""Balancing of the gateway: the pure choice of served entity, then of replica, per request.
 
-Pure functions over the routing table plus a compiled, immutable form of it that makes the
-per-request choice cheap. The entity is drawn by weighted random over the endpoint's routes
-(`traffic_percentage`); the replica is the one of that entity with the fewest requests in
-flight, ties broken round-robin. Nothing here does I/O or keeps counters: the caller owns the
-in-flight counts and the round-robin cursor and passes them in.
+The entity is drawn by weighted random over the endpoint's routes (`traffic_percentage`); the
+replica is the one of that entity with the fewest requests in flight, ties broken
+round-robin. A compiled, immutable form of the routing table makes that choice cheap.
+
+Nothing here does I/O, keeps counters or knows HTTP: the caller owns the in-flight counts
+and the round-robin cursor and passes them in (see `state.py` and `dataplane.py`). This is
+not `declare.routing`, which derives the routing table from declare's state on the other
+side of the admin interface.
 """
 
 from __future__ import annotations

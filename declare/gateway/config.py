@@ -1,0 +1,30 @@
+"""The gateway process's settings, as one immutable value.
+
+`GatewayConfig` is built once at start-up (by `__main__.py` from the command line and the
+environment) and read by every part of the application. This module parses nothing and
+holds no state; `declare.gateway.server` re-exports `GatewayConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from declare.gateway import MAX_BODY_BYTES
+from declare.gateway.metrics import DEFAULT_CAPACITY
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The settings of one gateway process (tokens, limits, timeouts, pool sizes)."""
+
+    admin_token: str
+    auth_token: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    queue_timeout: float = 30.0  # longest wait for a connection slot to a replica
+    upstream_timeout: float = 300.0  # longest wait for a replica's response (read timeout)
+    connect_timeout: float = 5.0  # TCP connect to a replica
+    pool_size: int = 1024  # connections to all replicas together
+    pool_per_replica: int = 256  # connections to one replica
+    keepalive_seconds: float = 4.0  # below uvicorn's 5 s, so a pooled socket is never stale
+    retry_after_seconds: int = 1
+    metrics_capacity: int = DEFAULT_CAPACITY

@@ -1,0 +1,64 @@
+"""The gateway's read-only management API and health check.
+
+    GET /api/2.0/serving-endpoints[/{name}]   endpoint descriptions (Databricks shapes)
+    GET /_declare/health                      pid, table version, endpoint count
+
+Descriptions come from the routing table as declare pushed it, with defaults filled in
+(`describe_endpoint`). Nothing here changes state, and nothing here authenticates (the
+middleware in `server.py` does).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aiohttp import web
+
+from declare.gateway.balance import endpoint_ready
+from declare.gateway.responses import no_such_endpoint
+from declare.gateway.state import GatewayState
+from declare.gateway.table import EndpointTable
+
+
+def describe_endpoint(ep: EndpointTable) -> dict[str, Any]:
+    """The endpoint's description as served by the management API, with defaults filled in."""
+    desc = dict(ep.description)
+    desc.setdefault("name", ep.name)
+    state = dict(desc.get("state") or {})
+    if "ready" not in state:
+        state["ready"] = "READY" if endpoint_ready(ep) else "NOT_READY"
+    state.setdefault("config_update", "NOT_UPDATING")
+    desc["state"] = state
+    return desc
+
+
+class ManagementApi:
+    """The read-only handlers, over the shared state (whose live table they only read)."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    async def list_endpoints(self, _request: web.Request) -> web.Response:
+        table = self._state.table
+        return web.json_response(
+            {"endpoints": [describe_endpoint(ep) for ep in table.endpoints.values()]}
+        )
+
+    async def get_endpoint(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        ep = self._state.table.endpoints.get(name)
+        if ep is None:
+            return no_such_endpoint(name)
+        return web.json_response(describe_endpoint(ep))
+
+    async def health(self, _request: web.Request) -> web.Response:
+        table = self._state.table
+        return web.json_response(
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "table_version": table.version,
+                "endpoints": len(table.endpoints),
+            }
+        )
