@@ -1,9 +1,20 @@
-"""Small pieces both process-owning providers (local, docker) need alike.
+"""What every process-owning provider (local, docker) needs alike, kept in one place.
 
-`exclusive(path)` serializes work guarded by a lock file (replica records, a wheel-cache
-entry) between threads of one declare and between declare processes (a thread lock per file,
-then flock on it). `loopback_host(value, field, why)` checks a configured listen address.
-Nothing here knows about replicas or models.
+In the manner of pre-commit's lang_base.py: the helpers the plugins share live beside the
+Provider Protocol (`declare.provider`), not copied into each plugin.
+
+- `exclusive(path)` serializes work guarded by a lock file (replica records, a wheel-cache
+  entry) between threads of one declare and between declare processes (a thread lock per
+  file, then flock on it). `loopback_host(value, field, why)` checks a configured address.
+- Replica naming: `sanitize_id`, `new_replica_id` (`<endpoint>-<entity>-<6 hex>`, avoiding
+  taken ids), `where_of` (how messages name a spec's endpoint and entity), `pick_port`.
+- Replica handles: `handle_from_labels` builds a `ReplicaHandle` from the `declare.*` labels
+  a provider recorded; `check_owner` refuses another provider's handle.
+- Death reasons: `last_error_line` of a replica's log, `death_reason` appending it.
+- Model sources: `is_local_source`, `local_source_path` (a path or a file: URI).
+
+What it does not do: start, inspect or stop anything; it knows no process, container or
+record format of any provider.
 """
 
 from __future__ import annotations
@@ -11,14 +22,41 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import re
+import secrets
 import threading
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from declare.errors import ConfigError
+from declare import procs
+from declare.errors import ConfigError, ProviderError
+from declare.model import ReplicaHandle, ReplicaSpec
+
+__all__ = [
+    "check_owner",
+    "death_reason",
+    "exclusive",
+    "handle_from_labels",
+    "is_local_source",
+    "last_error_line",
+    "local_source_path",
+    "loopback_host",
+    "new_replica_id",
+    "pick_port",
+    "sanitize_id",
+    "where_of",
+]
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
+# Lines of a replica log that name the error that killed it (for DEAD reasons).
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:? ?")
+# The MLflow launcher's own closing line when uvicorn failed: says nothing about why.
+_LAUNCHER_LINE = re.compile(r"^Exception: Command .* returned non zero return code")
+# How many lines of a replica's log a death reason looks through.
+DEATH_LOG_LINES = 200
 
 
 @contextlib.contextmanager
@@ -52,3 +90,101 @@ def loopback_host(host: object, field: str, why: str) -> str:
             f"{field}: {host!r} is not an IPv4 loopback address; {why} (e.g. 127.0.0.1)"
         )
     return host
+
+
+# -- replica naming ----------------------------------------------------------------------------
+
+
+def sanitize_id(text: str) -> str:
+    """`text` lowercased, with every run of characters outside [a-z0-9-] turned into one '-'."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower())
+    return re.sub(r"-{2,}", "-", cleaned).strip("-")
+
+
+def new_replica_id(spec: ReplicaSpec, taken: Collection[str | None]) -> str:
+    """A fresh replica id, `<endpoint>-<entity>-<6 hex>` sanitized, that is not in `taken`."""
+    while True:
+        candidate = sanitize_id(f"{spec.endpoint}-{spec.entity}-{secrets.token_hex(3)}")
+        if candidate not in taken:
+            return candidate
+
+
+def where_of(spec: ReplicaSpec) -> str:
+    """How messages about starting `spec` begin: its endpoint and served entity."""
+    return f"endpoint {spec.endpoint!r}, served entity {spec.entity!r}"
+
+
+def pick_port(host: str, taken: frozenset[int], where: str) -> int:
+    """A free port on `host`, none of `taken`; ProviderError beginning with `where` if none."""
+    try:
+        return procs.free_port(host, exclude=taken)
+    except OSError as exc:
+        raise ProviderError(f"{where}: no free port on {host}") from exc
+
+
+# -- replica handles ---------------------------------------------------------------------------
+
+
+def handle_from_labels(
+    provider: str,
+    replica_id: str,
+    labels: Mapping[str, str],
+    host: str,
+    port: int,
+    data: Mapping[str, Any],
+) -> ReplicaHandle:
+    """The handle of a replica listening on `host:port`, named by its `declare.*` labels."""
+    return ReplicaHandle(
+        id=replica_id,
+        provider=provider,
+        endpoint=labels["declare.endpoint"],
+        entity=labels["declare.entity"],
+        generation=labels["declare.generation"],
+        url=f"http://{host}:{port}",
+        data=data,
+    )
+
+
+def check_owner(handle: ReplicaHandle, provider: str) -> None:
+    """Raise ProviderError unless `handle` names a replica of `provider`."""
+    if handle.provider != provider:
+        raise ProviderError(
+            f"replica {handle.id} belongs to provider {handle.provider!r}, not {provider!r}"
+        )
+
+
+# -- death reasons -----------------------------------------------------------------------------
+
+
+def last_error_line(log: str) -> str:
+    """The last line of a replica's log that names an error (at most 300 characters), else ''.
+
+    The MLflow launcher's closing "Exception: Command ... returned non zero return code"
+    says nothing about why, so the error before it is the one named.
+    """
+    for line in reversed(log.splitlines()):
+        text = line.strip()
+        if _ERROR_LINE.match(text) and not _LAUNCHER_LINE.match(text):
+            return text[:300]
+    return ""
+
+
+def death_reason(reason: str, log: str) -> str:
+    """`reason` followed by the last error line of the replica's `log`, when it has one."""
+    error = last_error_line(log)
+    return f"{reason}: {error}" if error else reason
+
+
+# -- model sources -----------------------------------------------------------------------------
+
+
+def is_local_source(source: str) -> bool:
+    """True when a model source is a path on this machine (no scheme, or file:)."""
+    return urllib.parse.urlparse(source).scheme in ("", "file")
+
+
+def local_source_path(source: str) -> Path:
+    """The path of a local model source (a plain path or a file: URI)."""
+    if source.startswith("file:"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(source).path))
+    return Path(source)

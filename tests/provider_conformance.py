@@ -3,7 +3,17 @@
 In the manner of Terraform's state-manager conformance tests: a provider's own test module
 builds a `Harness` (the provider, a way to make replica specs, a way to reopen the provider
 as a later `declare` run would, and a way to make a replica die behind the provider's back)
-and calls `run_all(harness)` or the single `check_*` functions.
+in a `harness` fixture, and subclasses `Conformance` (every check) or `ReplicaConformance`
+(all but the build check) as `TestConformance`, so pytest runs the checks as its tests:
+
+    @pytest.fixture
+    def harness(...) -> conformance.Harness:
+        return conformance.Harness.reopening(provider, context, make_spec, kill)
+
+    class TestConformance(conformance.Conformance):
+        pass
+
+`run_all(harness)` and the single `check_*` functions serve other callers.
 
 The contract checked here, beyond the Protocol's signatures:
 - start_replica returns a handle naming the provider, endpoint, entity and generation of the
@@ -22,14 +32,21 @@ from __future__ import annotations
 import ipaddress
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
+
+from declare.errors import ConfigError
 from declare.model import ReplicaHandle, ReplicaSpec
-from declare.provider import Liveness, Provider, ReplicaStatus
+from declare.provider import Liveness, Provider, ProviderContext, ReplicaStatus
 
 __all__ = [
+    "Conformance",
     "Harness",
+    "ReplicaConformance",
+    "check_bad_settings",
     "check_build_info",
     "check_death_is_detected",
     "check_lifecycle",
@@ -40,12 +57,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Harness:
+    """What the checks need of one provider's tests (see the module docstring)."""
+
     provider: Provider
     make_spec: Callable[[int], ReplicaSpec]  # replica index -> a spec the provider can start
     reopen: Callable[[], Provider]  # a new instance on the same context: a later declare run
     kill: Callable[[ReplicaHandle], None]  # kill the replica behind the provider's back
     grace_seconds: float = 5.0
     death_timeout: float = 20.0  # how long a killed replica may take to be seen DEAD
+
+    @classmethod
+    def reopening(
+        cls,
+        provider: Provider,
+        context: ProviderContext,
+        make_spec: Callable[[int], ReplicaSpec],
+        kill: Callable[[ReplicaHandle], None],
+        grace_seconds: float = 5.0,
+        death_timeout: float = 20.0,
+    ) -> Harness:
+        """A harness whose `reopen` makes a new provider of the same class on `context`."""
+        provider_class: Callable[[ProviderContext], Provider] = type(provider)
+        return cls(
+            provider, make_spec, lambda: provider_class(context), kill, grace_seconds, death_timeout
+        )
 
 
 def wait_for_liveness(
@@ -78,6 +113,18 @@ def _assert_describes(handle: ReplicaHandle, spec: ReplicaSpec, provider: Provid
     url = urllib.parse.urlparse(handle.url)
     assert url.scheme == "http" and url.hostname, handle.url
     assert ipaddress.ip_address(url.hostname).is_loopback, f"not on loopback: {handle.url}"
+
+
+def check_bad_settings(
+    provider_class: Callable[[ProviderContext], Provider],
+    folder: Path,
+    settings: Mapping[str, object],
+    message: str,
+) -> None:
+    """Making a provider with bad `settings` raises a ConfigError that matches `message`."""
+    context = ProviderContext("proj", folder, folder / "state", settings=settings)
+    with pytest.raises(ConfigError, match=message):
+        provider_class(context)
 
 
 def check_build_info(h: Harness) -> None:
@@ -161,3 +208,28 @@ def run_all(h: Harness) -> None:
     check_lifecycle(h)
     check_death_is_detected(h)
     check_replicas_are_distinct(h)
+
+
+class ReplicaConformance:
+    """The replica checks (lifecycle, death, distinct replicas) as pytest tests.
+
+    Subclass it as `TestConformance` in a provider's test module that has a `harness`
+    fixture; a provider whose build key is not the model's env hash (docker: an image's
+    content hash) uses this one, and tests its builds itself.
+    """
+
+    def test_lifecycle(self, harness: Harness) -> None:
+        check_lifecycle(harness)
+
+    def test_death_is_detected(self, harness: Harness) -> None:
+        check_death_is_detected(harness)
+
+    def test_replicas_are_distinct(self, harness: Harness) -> None:
+        check_replicas_are_distinct(harness)
+
+
+class Conformance(ReplicaConformance):
+    """Every conformance check as pytest tests, the build check included."""
+
+    def test_build_info(self, harness: Harness) -> None:
+        check_build_info(harness)

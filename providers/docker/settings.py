@@ -52,6 +52,8 @@ _ALLOWED = (
 )
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _REPO = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$")
+_ENGINE = re.compile(r"^(unix|tcp|ssh|npipe|http|https)://")
+_PYTHON = re.compile(r"3\.\d{1,2}\Z")
 
 
 def parse_memory(value: Any, field: str) -> int:
@@ -90,74 +92,108 @@ class DockerSettings:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], project_dir: Path) -> DockerSettings:
+        """Validate declare.yaml's `providers.docker`; raise ConfigError naming the field."""
         unknown = sorted(set(raw) - set(_ALLOWED))
         if unknown:
             raise ConfigError(
                 f"providers.docker: unknown setting {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(_ALLOWED)}"
             )
-
-        def text(name: str, default: str) -> str:
-            value = raw.get(name, default)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"providers.docker.{name}: must be a non-empty string")
-            return value.strip()
-
-        engine = raw.get("engine")
-        if engine is not None:
-            engine = text("engine", "")
-            if not re.match(r"^(unix|tcp|ssh|npipe|http|https)://", engine):
-                raise ConfigError(
-                    f"providers.docker.engine: {engine!r} is not a Docker engine URL; "
-                    "use unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST"
-                )
-        python_version = text("python_version", "3.11")
-        if not re.fullmatch(r"3\.\d{1,2}", python_version):
-            raise ConfigError(
-                f"providers.docker.python_version: {python_version!r} is not a Python "
-                "major.minor such as 3.11"
-            )
-        image_repo = text("image_repo", "declare-env")
-        if not _REPO.match(image_repo):
-            raise ConfigError(
-                f"providers.docker.image_repo: {image_repo!r} is not an image repository "
-                "name (lowercase letters, digits, '.', '_', '-', '/')"
-            )
+        engine = _engine(raw)
+        python_version = _python_version(raw)
+        image_repo = _image_repo(raw)
         host = loopback_host(
-            text("host", "127.0.0.1"),
+            _text(raw, "host", "127.0.0.1"),
             "providers.docker.host",
             "replicas use host networking and listen on loopback only",
         )
-        cache_raw = raw.get("wheel_cache")
-        if cache_raw is None:
-            cache = _default_cache()
-        else:
-            cache = Path(text("wheel_cache", ""))
-            cache = cache if cache.is_absolute() else (project_dir / cache).resolve()
-        extra = raw.get("extra_requirements", [])
-        if not isinstance(extra, list) or not all(isinstance(x, str) and x for x in extra):
-            raise ConfigError(
-                "providers.docker.extra_requirements: must be a list of pip requirements"
-            )
-        cpus = raw.get("cpus", 1.0)
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus < 0.01:
-            raise ConfigError(f"providers.docker.cpus: must be a number >= 0.01, got {cpus!r}")
-        policy = text("restart_policy", "unless-stopped")
-        if policy not in RESTART_POLICIES:
-            raise ConfigError(
-                f"providers.docker.restart_policy: {policy!r}; allowed: "
-                + ", ".join(RESTART_POLICIES)
-            )
+        cache = _wheel_cache(raw, project_dir)
+        extra = _extra_requirements(raw)
+        cpus = _cpus(raw)
+        policy = _restart_policy(raw)
         return cls(
             engine=engine,
-            base_image=text("base_image", DEFAULT_BASE_IMAGE),
+            base_image=_text(raw, "base_image", DEFAULT_BASE_IMAGE),
             python_version=python_version,
             image_repo=image_repo,
             host=host,
             wheel_cache=cache,
-            mlflow_package=text("mlflow_package", "mlflow-skinny"),
-            extra_requirements=tuple(x.strip() for x in extra),
-            cpus=float(cpus),
+            mlflow_package=_text(raw, "mlflow_package", "mlflow-skinny"),
+            extra_requirements=extra,
+            cpus=cpus,
             memory_bytes=parse_memory(raw.get("memory", "2g"), "memory"),
             restart_policy=policy,
         )
+
+
+def _text(raw: Mapping[str, Any], name: str, default: str) -> str:
+    value = raw.get(name, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"providers.docker.{name}: must be a non-empty string")
+    return value.strip()
+
+
+def _matching(
+    raw: Mapping[str, Any], name: str, default: str, pattern: re.Pattern[str], is_not: str
+) -> str:
+    """The text setting `name`; ConfigError saying it `is_not` what `pattern` matches."""
+    value = _text(raw, name, default)
+    if not pattern.match(value):
+        raise ConfigError(f"providers.docker.{name}: {value!r} is not {is_not}")
+    return value
+
+
+def _engine(raw: Mapping[str, Any]) -> str | None:
+    if raw.get("engine") is None:
+        return None
+    return _matching(
+        raw,
+        "engine",
+        "",
+        _ENGINE,
+        "a Docker engine URL; use unix:///var/run/docker.sock, tcp://HOST:PORT or ssh://USER@HOST",
+    )
+
+
+def _python_version(raw: Mapping[str, Any]) -> str:
+    return _matching(raw, "python_version", "3.11", _PYTHON, "a Python major.minor such as 3.11")
+
+
+def _image_repo(raw: Mapping[str, Any]) -> str:
+    return _matching(
+        raw,
+        "image_repo",
+        "declare-env",
+        _REPO,
+        "an image repository name (lowercase letters, digits, '.', '_', '-', '/')",
+    )
+
+
+def _wheel_cache(raw: Mapping[str, Any], project_dir: Path) -> Path:
+    if raw.get("wheel_cache") is None:
+        return _default_cache()
+    cache = Path(_text(raw, "wheel_cache", ""))
+    return cache if cache.is_absolute() else (project_dir / cache).resolve()
+
+
+def _extra_requirements(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    extra = raw.get("extra_requirements", [])
+    if not isinstance(extra, list) or not all(isinstance(x, str) and x for x in extra):
+        raise ConfigError("providers.docker.extra_requirements: must be a list of pip requirements")
+    return tuple(x.strip() for x in extra)
+
+
+def _cpus(raw: Mapping[str, Any]) -> float:
+    cpus = raw.get("cpus", 1.0)
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus < 0.01:
+        raise ConfigError(f"providers.docker.cpus: must be a number >= 0.01, got {cpus!r}")
+    return float(cpus)
+
+
+def _restart_policy(raw: Mapping[str, Any]) -> str:
+    policy = _text(raw, "restart_policy", "unless-stopped")
+    if policy not in RESTART_POLICIES:
+        raise ConfigError(
+            f"providers.docker.restart_policy: {policy!r}; allowed: " + ", ".join(RESTART_POLICIES)
+        )
+    return policy

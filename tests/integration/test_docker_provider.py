@@ -27,7 +27,7 @@ from declare.errors import ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import Liveness, ProviderContext
 from providers.docker import DockerProvider
-from providers.docker.provider import LABEL_PORT, LABEL_PROJECT, LABEL_REPLICA
+from providers.docker.containers import LABEL_PORT, LABEL_PROJECT, LABEL_REPLICA
 from tests import provider_conformance as conformance
 from tests.integration.conftest import (
     MlflowProject,
@@ -131,27 +131,20 @@ def harness(provider: DockerProvider, mlflow_project: MlflowProject) -> conforma
     model = mlflow_project.resolve("models:/iris/1")
 
     def kill(handle: ReplicaHandle) -> None:
-        provider._client().containers.get(handle.data["container_id"]).kill()
+        provider.engine.client().containers.get(handle.data["container_id"]).kill()
 
-    return conformance.Harness(
-        provider=provider,
-        make_spec=lambda index: _spec(provider, model, index=index),
-        reopen=lambda: DockerProvider(provider.context),
-        kill=kill,
+    return conformance.Harness.reopening(
+        provider,
+        provider.context,
+        lambda index: _spec(provider, model, index=index),
+        kill,
         grace_seconds=2.0,
     )
 
 
-def test_conformance_lifecycle(harness: conformance.Harness) -> None:
-    conformance.check_lifecycle(harness)
-
-
-def test_conformance_death_is_detected(harness: conformance.Harness) -> None:
-    conformance.check_death_is_detected(harness)
-
-
-def test_conformance_replicas_are_distinct(harness: conformance.Harness) -> None:
-    conformance.check_replicas_are_distinct(harness)
+class TestConformance(conformance.ReplicaConformance):
+    """The replica conformance checks, against real containers. (The build check expects the
+    model's env hash as the build key; an image's key is its content hash, tested below.)"""
 
 
 # -- images ------------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def test_one_image_per_environment_and_a_second_build_builds_nothing(
     again = provider.build(mlflow_project.resolve("models:/iris/2"), "CPU")
     assert time.monotonic() - started < 5.0
     assert again.cached and again.ref == iris_image
-    image = provider._client().images.get(iris_image)
+    image = provider.engine.client().images.get(iris_image)
     assert image.labels["declare.env-key"] == v1.key
 
 
@@ -214,7 +207,7 @@ def test_replica_serves_predictions_from_a_read_only_model_on_loopback(
     assert len(answer["predictions"]) == 3
     assert handle.url.startswith("http://127.0.0.1:")
 
-    attrs = provider._client().containers.get(handle.data["container_id"]).attrs
+    attrs = provider.engine.client().containers.get(handle.data["container_id"]).attrs
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "host"
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
@@ -228,7 +221,7 @@ def test_replica_serves_predictions_from_a_read_only_model_on_loopback(
     assert labels[LABEL_REPLICA] == handle.id and labels[LABEL_PORT] == str(handle.data["port"])
 
     # The container cannot write the registry's files.
-    container = provider._client().containers.get(handle.data["container_id"])
+    container = provider.engine.client().containers.get(handle.data["container_id"])
     code, output = container.exec_run(["sh", "-c", "touch /model/x"])
     assert code != 0 and b"Read-only file system" in output
 
@@ -266,7 +259,7 @@ def test_cpu_limit_is_lowered_to_what_the_engine_has(
     config = provider.container_config(
         _spec(provider, mlflow_project.resolve("models:/iris/1")), "r1", 12345
     )
-    ncpu = int(provider._engine_info()["NCPU"])
+    ncpu = int(provider.engine.info()["NCPU"])
     assert config["nano_cpus"] == ncpu * 1_000_000_000
     assert config["mem_limit"] == 512 * 2**20
     assert "device_requests" not in config
@@ -279,7 +272,7 @@ def test_gpu_workload_is_refused_at_plan_time_on_an_engine_without_gpu_runtime(
     provider: DockerProvider, mlflow_project: MlflowProject
 ) -> None:
     model = mlflow_project.resolve("models:/iris/1")
-    assert "nvidia" not in provider._engine_info().get("Runtimes", {})
+    assert "nvidia" not in provider.engine.info().get("Runtimes", {})
     with pytest.raises(ProviderError) as caught:
         provider.build_info(model, "GPU_MEDIUM")
     assert "GPU_MEDIUM needs 1 GPU" in str(caught.value)
@@ -297,7 +290,7 @@ def test_gpu_device_requests_reach_the_engine(
     )
     config = provider.container_config(spec, "gpu-check", 12346)
     config["name"] = f"declare-gpu-check-{RUN_ID}"
-    client = provider._client()
+    client = provider.engine.client()
     # Created, never started: the engine stores the request as `docker run --gpus 4` would.
     container = client.containers.create(**config)
     try:
@@ -306,7 +299,7 @@ def test_gpu_device_requests_reach_the_engine(
         assert request["Driver"] == "nvidia"
         assert request["Count"] == 4
         assert request["Capabilities"] == [["gpu"]]
-        ncpu = int(provider._engine_info()["NCPU"])
+        ncpu = int(provider.engine.info()["NCPU"])
         assert host["NanoCpus"] == min(24, ncpu) * 1_000_000_000
     finally:
         container.remove(force=True)

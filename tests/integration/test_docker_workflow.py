@@ -70,7 +70,7 @@ class DockerProject(CliProject):
         )
 
     def containers(self) -> list[Any]:
-        client = self.provider._client()
+        client = self.provider.engine.client()
         found: list[Any] = client.containers.list(
             all=True, filters={"label": f"declare.project={self.name}"}
         )
@@ -156,7 +156,7 @@ def test_docker_lifecycle(project: DockerProject, mlflow_project: MlflowProject)
     # -- a container killed by hand: plan shows it, apply repairs it
     project.write(manifest("iris", "2"))
     (handle,) = project.recorded()
-    project.provider._client().containers.get(handle["data"]["container_id"]).kill()
+    project.provider.engine.client().containers.get(handle["data"]["container_id"]).kill()
     drift = project.declare("plan", "--detailed-exitcode")
     assert drift.returncode == 2, drift.stdout + drift.stderr
     assert f"replica {handle['id']} of iris-2 is not running" in drift.stdout
@@ -199,7 +199,7 @@ def test_docker_lifecycle(project: DockerProject, mlflow_project: MlflowProject)
     assert project.containers() == []
     assert project.state()["endpoints"] == {}
     assert "docker: removed" in destroyed
-    client = project.provider._client()
+    client = project.provider.engine.client()
     for tag in images:
         assert not client.images.list(name=tag), f"{tag} still on the engine"
     with pytest.raises(httpx.ConnectError):

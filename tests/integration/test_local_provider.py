@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from declare import procs
-from declare.errors import ConfigError, ProviderError
+from declare.errors import ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec
 from declare.provider import Liveness, ProviderContext, load_provider
 from providers.local import LocalProvider
@@ -77,29 +77,11 @@ def harness(
     def kill(handle: ReplicaHandle) -> None:
         os.killpg(int(handle.data["pid"]), signal.SIGKILL)
 
-    return conformance.Harness(
-        provider=local_provider,
-        make_spec=make_spec,
-        reopen=lambda: LocalProvider(provider_context),
-        kill=kill,
-        grace_seconds=5.0,
-    )
+    return conformance.Harness.reopening(local_provider, provider_context, make_spec, kill)
 
 
-def test_conformance_build_info(harness: conformance.Harness) -> None:
-    conformance.check_build_info(harness)
-
-
-def test_conformance_lifecycle(harness: conformance.Harness) -> None:
-    conformance.check_lifecycle(harness)
-
-
-def test_conformance_death_is_detected(harness: conformance.Harness) -> None:
-    conformance.check_death_is_detected(harness)
-
-
-def test_conformance_replicas_are_distinct(harness: conformance.Harness) -> None:
-    conformance.check_replicas_are_distinct(harness)
+class TestConformance(conformance.Conformance):
+    """The provider conformance checks, against real scoring-server processes."""
 
 
 # -- real serving ------------------------------------------------------------------------------
@@ -298,9 +280,7 @@ def test_an_unreadable_record_is_named_in_the_error(
 def test_bad_settings_are_config_errors(
     tmp_path: Path, settings: dict[str, object], message: str
 ) -> None:
-    ctx = ProviderContext("p", tmp_path, tmp_path / "state", settings=settings)
-    with pytest.raises(ConfigError, match=message):
-        LocalProvider(ctx)
+    conformance.check_bad_settings(LocalProvider, tmp_path, settings, message)
 
 
 def test_loopback_settings_are_accepted(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 from declare.diff import diff
 from declare.errors import ConfigError, ProviderError
 from declare.model import ResolvedModel
-from declare.plan import render_human
 from declare.plan.actions import ActionKind
 from declare.provider import BuildInfo
+from declare.views.plan import render_human
 from providers.docker.image import (
     RUNTIME_REQUIREMENTS,
     flavor_requirements,

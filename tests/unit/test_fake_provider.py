@@ -49,29 +49,11 @@ def harness(context: ProviderContext) -> conformance.Harness:
     def kill(handle: ReplicaHandle) -> None:
         provider.kill(handle.id, "exit code 137")
 
-    return conformance.Harness(
-        provider=provider,
-        make_spec=make_spec,
-        reopen=lambda: FakeProvider(context),
-        kill=kill,
-        death_timeout=0.5,
-    )
+    return conformance.Harness.reopening(provider, context, make_spec, kill, death_timeout=0.5)
 
 
-def test_conformance_build_info(harness: conformance.Harness) -> None:
-    conformance.check_build_info(harness)
-
-
-def test_conformance_lifecycle(harness: conformance.Harness) -> None:
-    conformance.check_lifecycle(harness)
-
-
-def test_conformance_death_is_detected(harness: conformance.Harness) -> None:
-    conformance.check_death_is_detected(harness)
-
-
-def test_conformance_replicas_are_distinct(harness: conformance.Harness) -> None:
-    conformance.check_replicas_are_distinct(harness)
+class TestConformance(conformance.Conformance):
+    """The provider conformance checks, against the in-memory fake."""
 
 
 def test_fail_start_raises_for_that_model_only(context: ProviderContext) -> None:
@@ -110,9 +92,7 @@ def test_fail_start_and_fail_build_from_settings(tmp_path: Path) -> None:
 def test_bad_settings_are_config_errors(
     tmp_path: Path, settings: dict[str, object], message: str
 ) -> None:
-    ctx = ProviderContext("proj", tmp_path, tmp_path / "state", settings=settings)
-    with pytest.raises(ConfigError, match=message):
-        FakeProvider(ctx)
+    conformance.check_bad_settings(FakeProvider, tmp_path, settings, message)
 
 
 def test_call_log_records_operations_in_order(context: ProviderContext) -> None:

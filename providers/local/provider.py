@@ -1,0 +1,170 @@
+"""The local provider: each replica is a detached MLflow scoring server on loopback.
+
+A replica is `python -m mlflow models serve ... --env-manager local` started with declare's
+own interpreter in its own session, output appended to `state_dir/local/logs/<id>.log`
+(`providers.local.launch`). Request and response formats are therefore MLflow's. The
+process outlives declare.
+
+Each replica has a record, `state_dir/local/replicas/<replica id>.json`
+(`providers.local.records`), so `list_owned()` finds every replica without the state file. A
+replica is ALIVE only while its recorded (pid, start time) is that very process and not a
+zombie: a PID the kernel reused is never mistaken for a replica, and `stop_replica` never
+signals it.
+
+Stopping signals the whole process group (SIGTERM, grace, SIGKILL), removes the record and
+keeps the log, renamed to `<replica id>.stopped.log`.
+
+What it does not do: readiness (the core probes `/invocations`), GPUs (`workload_type` other
+than CPU is refused: GPU workloads need the docker or gpu-hosts provider), building model
+environments (`--env-manager local`: the model must load in declare's own interpreter), and
+restarting dead replicas (that is drift, seen by `status`, repaired by the next apply).
+Linux only (/proc). Settings: `providers.local.settings`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from declare import procs
+from declare.errors import ProviderError
+from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
+from providers._shared import (
+    DEATH_LOG_LINES,
+    check_owner,
+    death_reason,
+    new_replica_id,
+    pick_port,
+    where_of,
+)
+from providers.local.launch import Launch, model_source
+from providers.local.records import PROVIDER_NAME, ReplicaRecord, ReplicaRecords
+from providers.local.settings import LocalSettings
+
+__all__ = ["LocalProvider"]
+
+
+class LocalProvider:
+    """Replicas as detached `mlflow models serve` processes on loopback (see module doc)."""
+
+    name = PROVIDER_NAME
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.context = context
+        self.settings = LocalSettings.parse(context.settings)
+        self.records = ReplicaRecords(context.state_dir / PROVIDER_NAME)
+        self.records_dir = self.records.records_dir
+        self.logs_dir = self.records.logs_dir
+
+    # -- checks and builds ------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise ProviderError naming what is missing: /proc, mlflow, uvicorn."""
+        missing: list[str] = []
+        if not Path("/proc/self/stat").exists():
+            missing.append("/proc (the local provider runs on Linux only)")
+        for module in ("mlflow", "uvicorn"):
+            if importlib.util.find_spec(module) is None:
+                missing.append(f"the Python package {module!r} in {sys.executable}")
+        path = procs.venv_path_env(os.environ)["PATH"]
+        if shutil.which("uvicorn", path=path) is None:
+            missing.append(
+                f"a 'uvicorn' command on PATH or beside {sys.executable} "
+                "(MLflow's scoring server runs it by name)"
+            )
+        if missing:
+            raise ProviderError("local provider cannot run replicas: missing " + "; ".join(missing))
+
+    def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
+        """The local provider serves from declare's own interpreter: nothing to build."""
+        return BuildInfo(key=model.env_hash, needed=False, cached=True)
+
+    def build(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
+        """Nothing to build: the same answer as `build_info`."""
+        return self.build_info(model, workload_type)
+
+    # -- replicas ---------------------------------------------------------------------------
+
+    def start_replica(self, spec: ReplicaSpec) -> ReplicaHandle:
+        """Start one scoring server, record it, and return at once (it is not ready yet)."""
+        where = where_of(spec)
+        source = model_source(spec, where)
+        host = self.settings.host
+        with self.records.locked():
+            records = self.records.read()
+            replica_id = new_replica_id(spec, {r.id for r in records})
+            port = pick_port(host, frozenset(r.port for r in records), where)
+            log_path = self.records.log_path(replica_id)
+            launch = Launch(spec, replica_id, source, host, port, self.settings.workers, log_path)
+            proc = launch.start(self.context.project_dir, where)
+            record = ReplicaRecord(
+                id=replica_id,
+                labels=spec.labels,
+                process=proc,
+                host=host,
+                port=port,
+                log=str(log_path),
+                pinned_uri=spec.model.pinned_uri,
+                source=source,
+            )
+            try:
+                self.records.write(record)
+            except OSError as exc:
+                procs.stop(proc, grace_seconds=2.0)  # never leave a process without a record
+                raise ProviderError(
+                    f"{where}: cannot write the replica record in {self.records_dir}: {exc}"
+                ) from exc
+        return record.handle()
+
+    def status(self, handle: ReplicaHandle) -> ReplicaStatus:
+        """ALIVE only while the handle's (pid, start time) is that very process, not a zombie."""
+        proc = self._process(handle)
+        if procs.is_running(proc):
+            return ReplicaStatus(handle, Liveness.ALIVE)
+        return ReplicaStatus(handle, Liveness.DEAD, self._death_reason(handle, proc))
+
+    def stop_replica(self, handle: ReplicaHandle, grace_seconds: float) -> None:
+        """Stop the process group (by identity), drop the record, keep the log. Idempotent."""
+        proc = self._process(handle)
+        procs.stop(proc, grace_seconds)
+        if procs.is_running(proc):
+            raise ProviderError(
+                f"replica {handle.id}: process {proc.pid} survived SIGTERM and SIGKILL"
+            )
+        with self.records.locked():
+            self.records.forget(handle)
+
+    def list_owned(self) -> Sequence[ReplicaHandle]:
+        """Every recorded replica of this project, alive or dead, sorted by id."""
+        return [r.handle() for r in self.records.read() if r.project == self.context.project]
+
+    def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
+        """The last `tail` lines of the replica's log (also after it was stopped)."""
+        log_path = self.records.log_of(handle)
+        if not log_path.exists():
+            log_path = self.records.stopped_log_of(handle)
+        return procs.log_tail(log_path, tail)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _process(self, handle: ReplicaHandle) -> procs.ProcessId:
+        check_owner(handle, PROVIDER_NAME)
+        try:
+            return procs.ProcessId.from_json(handle.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderError(
+                f"replica {handle.id}: its handle has no process identity (pid, start_time)"
+            ) from exc
+
+    def _death_reason(self, handle: ReplicaHandle, proc: procs.ProcessId) -> str:
+        now = procs.start_time_of(proc.pid)
+        if now is not None and now != proc.start_time:
+            reason = f"process {proc.pid} exited; that PID now belongs to another process"
+        else:
+            reason = f"process {proc.pid} exited"
+        return death_reason(reason, self.logs(handle, tail=DEATH_LOG_LINES))
