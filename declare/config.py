@@ -22,7 +22,10 @@ Relative paths and relative sqlite URIs in declare.yaml are relative to the proj
 relative ones in the environment to the current directory (as MLflow itself reads them). All
 of them come out absolute.
 
-Does not contact MLflow, check providers, or read manifests.
+Does not contact MLflow, check providers, or read manifests. It uses declare.manifests'
+reader, schema check and defaults (declare.yaml is read like a manifest, with lines), never
+the other way round: manifests get the settings they need (`manifest_include`,
+`manifest_exclude`, `default_provider`) from the caller as plain values.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from declare.errors import ConfigError, LocatedError, ManifestError
 from declare.manifests import (
     CONFIG_FILE,
     DEFAULT_INCLUDE,
+    DEFAULT_PROVIDER,
     PROJECT_SCHEMA,
     Document,
     read_documents,
@@ -52,7 +56,6 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_READY_TIMEOUT_SECONDS = 180.0
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
-DEFAULT_PROVIDER = "local"
 STATE_BACKENDS = ("local", "postgres")
 POSTGRES_STATE_KEYS = ("dsn_env", "schema", "table", "workspace")
 
@@ -194,23 +197,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
-    """The settings of the project in `project_dir` (see the module docstring)."""
-    project_dir = Path(project_dir).resolve()
-    if not project_dir.is_dir():
-        raise ConfigError(f"project folder {project_dir} does not exist or is not a folder")
+def _read_settings(project_dir: Path) -> tuple[Mapping[str, Any], Path | None]:
+    """declare.yaml's settings (empty without one) and its path; its problems raised together."""
     candidate = project_dir / CONFIG_FILE
-    config_path = candidate if candidate.is_file() else None
+    if not candidate.is_file():
+        return {}, None
     data: Mapping[str, Any] = {}
-    if config_path is not None:
-        document, problems = _read_config_file(config_path)
-        if document is not None:
-            problems = _check(document)
-            data = document.value
-        if problems:
-            raise ManifestError(sort_problems(problems))
+    document, problems = _read_config_file(candidate)
+    if document is not None:
+        problems = _check(document)
+        data = document.value
+    if problems:
+        raise ManifestError(sort_problems(problems))
+    return data, candidate
 
-    mlflow = _section(data, "mlflow")
+
+def _mlflow_uris(
+    mlflow: Mapping[str, Any], project_dir: Path, environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The tracking and registry URIs, absolute (the order is in the module docstring)."""
     cwd = Path(os.getcwd())
     yaml_tracking = mlflow.get("tracking_uri")
     yaml_registry = mlflow.get("registry_uri")
@@ -226,7 +231,27 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         registry = _absolute_uri(environ["MLFLOW_REGISTRY_URI"], cwd)
     else:
         registry = tracking
+    return tracking, registry
 
+
+def _state_backend(state: Mapping[str, Any]) -> StateBackendSettings:
+    """declare.yaml `state.backend` and its postgres settings, defaults applied."""
+    return StateBackendSettings(
+        backend=state.get("backend", "local"),
+        dsn_env=state.get("dsn_env"),
+        schema=state.get("schema", "public"),
+        table=state.get("table", "declare_state"),
+        workspace=state.get("workspace"),
+    )
+
+
+def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
+    """The settings of the project in `project_dir` (see the module docstring)."""
+    project_dir = Path(project_dir).resolve()
+    if not project_dir.is_dir():
+        raise ConfigError(f"project folder {project_dir} does not exist or is not a folder")
+    data, config_path = _read_settings(project_dir)
+    tracking, registry = _mlflow_uris(_section(data, "mlflow"), project_dir, environ)
     state = _section(data, "state")
     gateway = _section(data, "gateway")
     timeouts = _section(data, "timeouts")
@@ -252,11 +277,5 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         manifest_include=tuple(manifests.get("include", DEFAULT_INCLUDE)),
         manifest_exclude=tuple(manifests.get("exclude", ())),
         config_file=config_path,
-        state_backend=StateBackendSettings(
-            backend=state.get("backend", "local"),
-            dsn_env=state.get("dsn_env"),
-            schema=state.get("schema", "public"),
-            table=state.get("table", "declare_state"),
-            workspace=state.get("workspace"),
-        ),
+        state_backend=_state_backend(state),
     )

@@ -6,9 +6,10 @@ written back with:
   served_models, traffic_config, auto_capture_config}, rate_limits, tags, rollout`, then the
   other Databricks sections; inside a served entity `name, entity_name, entity_version,
   model_uri, workload_size, workload_type, replicas, scale_to_zero_enabled,
-  environment_vars`, ...; a route `served_entity_name | served_model_name,
-  traffic_percentage`; a tag `key, value`. Keys declare does not know keep their relative
-  order, after the known ones;
+  environment_vars`, then the Databricks-only fields declare keeps raw (the loader's
+  `declare.manifests.ENTITY_EXTRA_FIELDS`, in its order); a route `served_entity_name |
+  served_model_name, traffic_percentage`; a tag `key, value`. Keys declare does not know
+  keep their relative order, after the known ones;
 - 2-space indentation, sequences indented under their key (`  - item`);
 - strings quoted only where YAML needs it, and then with double quotes (`"1"`, `"true"`);
 - comments kept: an end-of-line comment stays with its key, comment lines above a key move
@@ -41,6 +42,7 @@ from ruamel.yaml.tag import Tag
 from ruamel.yaml.tokens import CommentToken
 
 from declare.errors import LocatedError, Location, ManifestError
+from declare.manifests import ENTITY_EXTRA_FIELDS
 
 # -- the canonical key order ---------------------------------------------------------------
 
@@ -71,13 +73,8 @@ ENTITY_ORDER = (
     "replicas",
     "scale_to_zero_enabled",
     "environment_vars",
-    "instance_profile_arn",
-    "min_provisioned_throughput",
-    "max_provisioned_throughput",
-    "provisioned_model_units",
-    "min_provisioned_concurrency",
-    "max_provisioned_concurrency",
-    "burst_scaling_enabled",
+    # then the Databricks-only fields declare keeps raw, in the order the loader lists them
+    *ENTITY_EXTRA_FIELDS,
 )
 ROUTE_ORDER = ("served_entity_name", "served_model_name", "traffic_percentage")
 TAG_ORDER = ("key", "value")

@@ -1,8 +1,10 @@
 """Manifests: the endpoints a project asks for, loaded, validated and normalized.
 
-A project folder holds manifests: every top-level file matching `manifests.include` of
-declare.yaml (default `*.yaml`, `*.yml`, `*.json`), except declare.yaml itself, hidden files
-and files matching `manifests.exclude`. A YAML file may hold several documents (`---`).
+A project folder holds manifests: every top-level file matching the `include` globs (default
+`*.yaml`, `*.yml`, `*.json`), except declare.yaml itself, hidden files and files matching the
+`exclude` globs. A YAML file may hold several documents (`---`). The caller passes the globs
+and the default provider as plain values (declare.config reads them from declare.yaml's
+`manifests` and `default_provider`): this package knows nothing of project settings.
 
 An Endpoint manifest is a superset of the body of Databricks' `POST /api/2.0/serving-endpoints`
 for custom models (see schemas/endpoint.schema.json): such a body, unchanged, is a valid
@@ -11,7 +13,12 @@ manifest with the same meaning. Loading checks the JSON Schema, then the cross-f
 is collected and raised as one `ManifestError`, each problem naming the file, the 1-based line
 and the field path, sorted by file and line.
 
-Does not resolve models (aliases, runs) in MLflow, check that a provider is installed, or
+Modules: `_source` (files -> plain values with lines), `_schema` (JSON Schema), `_endpoint`
+(one document's checks, with `_entities`, `_names`, `_traffic`, collected in `_findings`),
+`_build` (normalization to `EndpointSpec`); this module finds the files and puts it together.
+
+Does not read declare.yaml's settings (declare.config does, with this package's reader and
+schema), resolve models (aliases, runs) in MLflow, check that a provider is installed, or
 read state: later stages do.
 """
 
@@ -20,22 +27,24 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from declare.errors import ConfigError, LocatedError, Location, ManifestError
 from declare.model import EndpointSpec
 
-from ._endpoint import check_endpoint, default_name_for_uri, even_split, model_uri_problem
+from ._build import DEFAULT_PROVIDER, ENTITY_EXTRA_FIELDS
+from ._endpoint import check_endpoint
+from ._names import default_name_for_uri, model_uri_problem
 from ._schema import ENDPOINT_SCHEMA, PROJECT_SCHEMA, load_schema, schema_problems
 from ._source import Document, FieldPath, format_path, read_json, read_yaml
-
-if TYPE_CHECKING:
-    from declare.config import ProjectConfig
+from ._traffic import even_split
 
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_INCLUDE",
+    "DEFAULT_PROVIDER",
     "ENDPOINT_SCHEMA",
+    "ENTITY_EXTRA_FIELDS",
     "PROJECT_SCHEMA",
     "Document",
     "FieldPath",
@@ -101,7 +110,7 @@ def read_documents(path: Path, display: str) -> tuple[list[Document], list[Locat
 
 
 def load_manifest_file(
-    path: Path, display: str | None = None, default_provider: str = "local"
+    path: Path, display: str | None = None, default_provider: str = DEFAULT_PROVIDER
 ) -> tuple[list[EndpointSpec], list[LocatedError]]:
     """The endpoints of one manifest file and the problems found in it (not raised)."""
     shown = display or path.name
@@ -147,18 +156,24 @@ def _duplicate_names(specs: Sequence[EndpointSpec]) -> list[LocatedError]:
     return problems
 
 
-def load_project_manifests(project_dir: Path, config: ProjectConfig) -> tuple[EndpointSpec, ...]:
+def load_project_manifests(
+    project_dir: Path,
+    *,
+    include: Sequence[str] = DEFAULT_INCLUDE,
+    exclude: Sequence[str] = (),
+    default_provider: str = DEFAULT_PROVIDER,
+) -> tuple[EndpointSpec, ...]:
     """Every endpoint the project's manifests ask for, normalized, in file then document order.
 
+    `include` and `exclude` are the file-name globs of `discover_manifest_files`;
+    `default_provider` is the provider of an endpoint that names none.
     Raises ManifestError listing every problem of every file (sorted by file and line).
     """
-    files = discover_manifest_files(
-        project_dir, tuple(config.manifest_include), tuple(config.manifest_exclude)
-    )
+    files = discover_manifest_files(project_dir, tuple(include), tuple(exclude))
     specs: list[EndpointSpec] = []
     problems: list[LocatedError] = []
     for path in files:
-        found, file_problems = load_manifest_file(path, path.name, config.default_provider)
+        found, file_problems = load_manifest_file(path, path.name, default_provider)
         specs.extend(found)
         problems.extend(file_problems)
     problems.extend(_duplicate_names(specs))
@@ -168,7 +183,9 @@ def load_project_manifests(project_dir: Path, config: ProjectConfig) -> tuple[En
 
 
 def validate_document(
-    data: Mapping[str, Any] | Any, filename: str = "<manifest>", default_provider: str = "local"
+    data: Mapping[str, Any] | Any,
+    filename: str = "<manifest>",
+    default_provider: str = DEFAULT_PROVIDER,
 ) -> EndpointSpec:
     """Validate one already-parsed manifest (e.g. a Databricks request body) without lines.
 

@@ -43,7 +43,13 @@ def copy_project(scenario: str, tmp_path: Path) -> Path:
 
 
 def load(project: Path) -> tuple[EndpointSpec, ...]:
-    return load_project_manifests(project, load_config(project, {}))
+    config = load_config(project, {})
+    return load_project_manifests(
+        project,
+        include=config.manifest_include,
+        exclude=config.manifest_exclude,
+        default_provider=config.default_provider,
+    )
 
 
 def describe(specs: tuple[EndpointSpec, ...]) -> list[dict[str, Any]]:
@@ -198,6 +204,22 @@ def test_discovery_skips_hidden_config_and_excluded(tmp_path: Path) -> None:
         for p in discover_manifest_files(project, config.manifest_include, config.manifest_exclude)
     ]
     assert names == ["shop.yaml"]
+
+
+def test_loading_takes_the_settings_as_plain_values(tmp_path: Path) -> None:
+    project = copy_project("project-include-exclude", tmp_path)
+    (project / "declare.yaml").unlink()  # the arguments are the loader's only settings
+    specs = load_project_manifests(
+        project,
+        include=("*.yaml", "*.json"),
+        exclude=("*.draft.yaml", "input_example.json"),
+        default_provider="docker",
+    )
+    assert [(s.name, s.provider, str(s.location)) for s in specs] == [
+        ("shop", "docker", "shop.yaml:1")
+    ]
+    defaults = load_project_manifests(project, include=("shop.yaml",))
+    assert [(s.name, s.provider) for s in defaults] == [("shop", "local")]
 
 
 def test_endpoint_schema_is_draft_2020_12_with_id() -> None:

@@ -18,7 +18,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declare.config import load_config
 from declare.errors import ManifestError
 from declare.manifests import load_project_manifests
 from declare.model import EndpointSpec
@@ -89,7 +88,7 @@ def load_files(files: dict[str, bytes]) -> tuple[EndpointSpec, ...] | ManifestEr
         for name, data in files.items():
             (project / name).write_bytes(data)
         try:
-            return load_project_manifests(project, load_config(project, {}))
+            return load_project_manifests(project)  # no declare.yaml: the default settings
         except ManifestError as error:
             return error
 
