@@ -14,9 +14,10 @@ import time
 from dataclasses import replace
 
 from declare.diff import Actual, diff
-from declare.plan import GatewayInput, PlanInput, build_plan, render_human, render_json
+from declare.plan import GatewayInput, PlanInput, build_plan
 from declare.routing import routing_table
 from declare.state.document import State
+from declare.views.plan import render_human, render_json
 from tests.unit.planning_fixtures import applied, desired
 
 

@@ -3,7 +3,9 @@
 Knows no declare concept (Terraform's `dag` package). A node runs once all its predecessors
 succeeded; a node whose predecessor failed or was skipped is skipped; `skip(node)` lets the
 caller skip more (e.g. the rest of a failed endpoint). Threads, not processes: node functions
-wait on I/O (processes starting, HTTP).
+wait on I/O (processes starting, HTTP). A node that raises a BaseException which is not an
+Exception (KeyboardInterrupt, SystemExit) aborts the walk: nothing more starts, the nodes
+running finish, and that exception is raised from `walk`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def walk(
     ready = [n for n, deg in remaining.items() if deg == 0]
     running: dict[Future[None], Hashable] = {}
     prio = priority or (lambda n: 0)
+    abort: BaseException | None = None
 
     def finish(node: Hashable, outcome: Outcome) -> None:
         result.outcomes[node] = outcome
@@ -64,9 +67,9 @@ def walk(
                 ready.append(succ)
 
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
-        while ready or running:
+        while (ready and abort is None) or running:
             ready.sort(key=prio)
-            while ready and len(running) < max(1, parallelism):
+            while ready and abort is None and len(running) < max(1, parallelism):
                 node = ready.pop(0)
                 if node in blocked or (skip is not None and skip(node)):
                     finish(node, Outcome.SKIPPED)
@@ -80,7 +83,13 @@ def walk(
                 exc = fut.exception()
                 if exc is None:
                     finish(node, Outcome.OK)
+                elif not isinstance(exc, Exception):
+                    abort = abort or exc
+                    result.errors[node] = exc
+                    finish(node, Outcome.FAILED)
                 else:
                     result.errors[node] = exc
                     finish(node, Outcome.FAILED)
+    if abort is not None:
+        raise abort
     return result

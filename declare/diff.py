@@ -187,6 +187,58 @@ def _delete(r: EndpointRecord, actual: Actual) -> EndpointChange:
     )
 
 
+@dataclass(frozen=True)
+class _Replicas:
+    """What to do with an endpoint's replicas: start, keep (by id), and drift seen."""
+
+    starts: tuple[ReplicaStart, ...]
+    keep: frozenset[str]
+    drift: tuple[str, ...]
+
+
+def _entity_replicas(
+    d: DesiredEndpoint,
+    r: EndpointRecord | None,
+    entity: EntitySpec,
+    actual: Actual,
+    forced: bool,
+) -> _Replicas:
+    """One served entity: which recorded replicas still serve it, which slots need a start."""
+    recorded = r.replicas if r else ()
+    gen = d.generation(entity)
+    same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
+    by_index: dict[int, str] = {}
+    drift: list[str] = []
+    for x in same:
+        if forced or x.retired or not x.ready or x.index >= entity.replica_count:
+            continue
+        if x.index in by_index:
+            continue
+        if actual.alive(x.id):
+            by_index[x.index] = x.id
+        else:
+            status = actual.replicas.get(x.id)
+            why = f": {status.reason}" if status and status.reason else ""
+            drift.append(f"replica {x.id} of {entity.name} is not running{why}")
+    starts = []
+    for index in range(entity.replica_count):
+        if index in by_index:
+            continue
+        dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
+        if r is None or r.spec is None:
+            reason = "new"
+        elif forced:
+            reason = "replace requested"
+        elif dead is not None:
+            reason = f"replaces {dead.id}"
+        elif any(x.entity == entity.name for x in recorded) and r.generation(entity.name) == gen:
+            reason = "scale up"
+        else:
+            reason = "new"
+        starts.append(ReplicaStart(entity, d.models[entity.name], gen, index, reason))
+    return _Replicas(tuple(starts), frozenset(by_index.values()), tuple(drift))
+
+
 def _create_or_update(
     d: DesiredEndpoint,
     r: EndpointRecord | None,
@@ -195,65 +247,32 @@ def _create_or_update(
     replace_entities: frozenset[tuple[str, str]] = frozenset(),
 ) -> EndpointChange:
     recorded = r.replicas if r else ()
-    starts: list[ReplicaStart] = []
-    keep: set[str] = set()
-    drift: list[str] = []
-    for entity in d.spec.entities:
-        gen = d.generation(entity)
-        same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
-        by_index: dict[int, str] = {}
-        forced = (d.spec.name, entity.name) in replace_entities
-        for x in same:
-            if forced or x.retired or not x.ready or x.index >= entity.replica_count:
-                continue
-            if x.index in by_index:
-                continue
-            if actual.alive(x.id):
-                by_index[x.index] = x.id
-            else:
-                status = actual.replicas.get(x.id)
-                why = f": {status.reason}" if status and status.reason else ""
-                drift.append(f"replica {x.id} of {entity.name} is not running{why}")
-        keep.update(by_index.values())
-        for index in range(entity.replica_count):
-            if index in by_index:
-                continue
-            dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
-            if r is None or r.spec is None:
-                reason = "new"
-            elif forced:
-                reason = "replace requested"
-            elif dead is not None:
-                reason = f"replaces {dead.id}"
-            elif (
-                any(x.entity == entity.name for x in recorded) and r.generation(entity.name) == gen
-            ):
-                reason = "scale up"
-            else:
-                reason = "new"
-            starts.append(ReplicaStart(entity, d.models[entity.name], gen, index, reason))
+    parts = [
+        _entity_replicas(d, r, e, actual, (d.spec.name, e.name) in replace_entities)
+        for e in d.spec.entities
+    ]
+    starts = tuple(s for part in parts for s in part.starts)
+    keep = {rid for part in parts for rid in part.keep}
+    drift = [text for part in parts for text in part.drift]
     stops = tuple(x.handle for x in recorded if x.id not in keep and actual.alive(x.id))
     forgets = tuple(x.handle for x in recorded if x.id not in keep and not actual.alive(x.id))
     for x in recorded:
         if x.id not in keep and not x.ready and not x.retired and actual.alive(x.id):
             drift.append(f"replica {x.id} was started but never became ready (interrupted apply?)")
-
+    change = EndpointChange(
+        name=d.spec.name,
+        kind=Change.CREATE,
+        provider=d.spec.provider,
+        before=r,
+        after=d,
+        fields=_field_changes(r if r is not None and r.spec is not None else None, d),
+        starts=starts,
+        stops=stops,
+        forgets=forgets,
+        route_push=True,
+    )
     if r is None or r.spec is None:
-        return EndpointChange(
-            name=d.spec.name,
-            kind=Change.CREATE,
-            provider=d.spec.provider,
-            before=r,
-            after=d,
-            fields=_field_changes(None, d),
-            starts=tuple(starts),
-            stops=stops,
-            forgets=forgets,
-            route_push=True,
-            drift=tuple(drift),
-        )
-
-    fields = _field_changes(r, d)
+        return replace(change, drift=tuple(drift))
     table_stale = _gateway_table_stale(r, actual)
     if table_stale and not gateway_fresh:
         drift.append(f"the gateway does not route {r.name} as recorded")
@@ -261,23 +280,15 @@ def _create_or_update(
         starts
         or stops
         or forgets
-        or fields
+        or change.fields
         or table_stale
         or gateway_fresh
         or dict(r.serving) != d.serving
         or r.config_update != NOT_UPDATING
     )
-    kind = Change.UPDATE if route_push else Change.NOOP
-    return EndpointChange(
-        name=d.spec.name,
-        kind=kind,
-        provider=d.spec.provider,
-        before=r,
-        after=d,
-        fields=fields,
-        starts=tuple(starts),
-        stops=stops,
-        forgets=forgets,
+    return replace(
+        change,
+        kind=Change.UPDATE if route_push else Change.NOOP,
         route_push=route_push,
         drift=tuple(drift),
     )

@@ -15,7 +15,9 @@ from collections.abc import Callable
 import httpx
 
 from declare.errors import ReplicaFailedError
-from declare.model import ReplicaHandle
+from declare.model import ReplicaHandle, ResolvedModel
+from declare.provider import Liveness, Provider
+from declare.resolve import load_input_example
 
 
 def await_ready(
@@ -70,3 +72,22 @@ def _tail(text: str) -> str:
     if not text.strip():
         return "  (its log is empty)"
     return "  last lines of its log:\n" + "\n".join(f"    {line}" for line in text.splitlines())
+
+
+class HttpProbe:
+    """`declare.ports.Probe` over HTTP: the model's input example posted to the replica."""
+
+    def await_ready(
+        self, provider: Provider, handle: ReplicaHandle, model: ResolvedModel, timeout: float
+    ) -> float:
+        def alive() -> tuple[bool, str]:
+            status = provider.status(handle)
+            return status.liveness is Liveness.ALIVE, status.reason
+
+        return await_ready(
+            handle,
+            load_input_example(model),
+            alive,
+            lambda: provider.logs(handle, 30),
+            timeout_seconds=timeout,
+        )

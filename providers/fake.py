@@ -15,6 +15,8 @@ Knobs for tests:
     fail_start   set of model pinned URIs whose start raises ProviderError (also settable
                  as the `fail_start` list in declare.yaml's `providers.fake`)
     fail_build   set of env hashes whose build raises ProviderError (`fail_build` setting)
+    fail_stop    set of model pinned URIs whose replicas' stop raises ProviderError (the
+                 replica keeps running; `fail_stop` setting)
     kill(id)     simulate the death of a replica (status DEAD with the given reason)
     calls        the call log: every Protocol call as a `Call(op, target)`, in order
 
@@ -42,7 +44,7 @@ __all__ = ["Call", "FakeProvider", "reset_worlds"]
 
 PROVIDER_NAME = "fake"
 FAKE_URL = "http://127.0.0.1:0"
-_ALLOWED_SETTINGS = ("fail_start", "fail_build")
+_ALLOWED_SETTINGS = ("fail_start", "fail_build", "fail_stop")
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class FakeProvider:
         *,
         fail_start: Iterable[str] = (),
         fail_build: Iterable[str] = (),
+        fail_stop: Iterable[str] = (),
     ) -> None:
         unknown = sorted(set(context.settings) - set(_ALLOWED_SETTINGS))
         if unknown:
@@ -115,6 +118,9 @@ class FakeProvider:
         )
         self.fail_build: set[str] = set(fail_build) | _string_set(
             context.settings.get("fail_build"), "fail_build"
+        )
+        self.fail_stop: set[str] = set(fail_stop) | _string_set(
+            context.settings.get("fail_stop"), "fail_stop"
         )
         self._world = _world_for(context.state_dir)
         self._calls: list[Call] = []
@@ -214,6 +220,8 @@ class FakeProvider:
 
     def stop_replica(self, handle: ReplicaHandle, grace_seconds: float) -> None:
         self._log("stop_replica", handle.id)
+        if handle.data.get("model_uri") in self.fail_stop:
+            raise ProviderError(f"fake stop of replica {handle.id} failed (fail_stop)")
         with self._world.lock:
             replica = self._world.replicas.pop(handle.id, None)
             if replica is not None:  # keep its log, as the local provider keeps log files

@@ -12,7 +12,7 @@ import importlib
 
 import typer
 
-MODULES: tuple[str, ...] = ("inspect", "fmt", "graph", "importer", "state_transfer")
+MODULES: tuple[str, ...] = ("core", "inspect", "fmt", "graph", "importer", "state_transfer")
 
 
 def register_all(app: typer.Typer, state_app: typer.Typer) -> None:

@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from declare.errors import ConfigError
-from declare.plan import Plan, render_human, render_json
+from declare.plan import Plan
+from declare.views.plan import render_human, render_json
 
 DirArg = Annotated[
     Path, typer.Argument(help="Project folder (default: the current folder).", show_default=False)
@@ -71,7 +72,7 @@ def echo_plan(the_plan: Plan, view: str) -> None:
     if view == "json":
         echo(json.dumps(render_json(the_plan), indent=2, sort_keys=False))
     elif view == "markdown":
-        from declare.plan.markdown import render_markdown
+        from declare.views.markdown import render_markdown
 
         typer.echo(render_markdown(the_plan), nl=False)
     else:

@@ -2,7 +2,7 @@
 
 Plans exactly as `declare plan` does (manifests, state, what runs; under the state lock) and
 prints the action graph as Graphviz DOT (`| dot -Tsvg > plan.svg`) or as a Mermaid flowchart
-(for a ```mermaid block in Markdown). The renderings are declare.plan.graphviz's.
+(for a ```mermaid block in Markdown). The renderings are declare.views.graph's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from declare.errors import ConfigError
-from declare.plan.graphviz import RENDERERS
+from declare.views.graph import RENDERERS
 
 
 def graph(
@@ -32,14 +32,16 @@ def graph(
     render = RENDERERS.get(fmt)
     if render is None:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(RENDERERS)}")
-    from declare.cli import _make_plan
+    from declare import engine
     from declare.commands._common import parse_duration
-    from declare.project import PlanOptions, open_project
+    from declare.project import open_project
 
     project = open_project(project_dir)
     with project.backend.locked("plan", parse_duration(lock_timeout)):
-        planned = _make_plan(project, project.read_state(), PlanOptions(destroy=destroy))
-    typer.echo(render(planned.plan), nl=False)
+        proposal = engine.make_plan(
+            project, project.read_state(), engine.PlanOptions(destroy=destroy)
+        )
+    typer.echo(render(proposal.plan), nl=False)
 
 
 def register(app: typer.Typer, state_app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ from declare.commands._common import output_format as plan_view
 from declare.errors import ConfigError
 from declare.plan import saved
 from declare.project import open_project
+from declare.views.status import state_lines, status_json, status_lines
 
 
 def show(
@@ -41,68 +42,28 @@ def show(
     if output_format not in (None, "text", "json"):
         raise ConfigError("--format markdown shows a saved plan; the state has text and json")
     as_json = as_json or output_format == "json"
-    project_dir = path
-    project = open_project(project_dir)
+    project = open_project(path)
     state = project.read_state()
     if as_json:
         echo(json.dumps(state.to_json(), indent=2))
         return
-    if not state.endpoints:
-        echo("The state is empty: no endpoint has been applied.")
-        return
-    echo(f"# state serial {state.serial}, lineage {state.lineage}")
-    for name, ep in sorted(state.endpoints.items()):
-        echo(f'endpoint "{name}" ({ep.provider}): {ep.config_update}, config v{ep.config_version}')
-        if ep.message:
-            echo(f"  message: {ep.message.splitlines()[0]}")
-        for r in ep.routes:
-            model = ep.models.get(r.served_entity_name)
-            desc = model.describe() if model else "?"
-            echo(f"  route {r.served_entity_name} {r.traffic_percentage}% -> {desc}")
-        for rep in ep.replicas:
-            flag = "in rotation" if rep.ready and not rep.retired else "not in rotation"
-            echo(f"  replica {rep.id} [{rep.entity}] {rep.handle.url} ({flag})")
-        echo(f"  url: {project.invocation_url(name)}")
+    for line in state_lines(state, project.invocation_url):
+        echo(line)
 
 
 def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
     """Live status of each endpoint, as the gateway serves it (Databricks shape)."""
-    from declare.describe import describe
-    from declare.provider import Liveness
+    from declare.engine import refresh
 
     project = open_project(project_dir)
     state = project.read_state()
-    client = project.gateway_client()
-    gateway = "running" if client is not None else "not running"
-    out = []
-    for name, ep in sorted(state.endpoints.items()):
-        desc = describe(ep)
-        alive = 0
-        for rep in ep.replicas:
-            s = project.provider(rep.handle.provider).status(rep.handle)
-            alive += s.liveness is Liveness.ALIVE
-        desc["declare"] = {
-            "invocation_url": project.invocation_url(name),
-            "replicas_alive": alive,
-            "replicas_recorded": len(ep.replicas),
-            "message": ep.message,
-        }
-        out.append(desc)
+    report = status_json(state, refresh(project, state), project.invocation_url)
     if as_json:
-        echo(json.dumps({"gateway": gateway, "endpoints": out}, indent=2))
+        echo(json.dumps(report, indent=2))
         return
-    echo(f"gateway: {gateway} on {project.config.gateway_host}:{project.config.gateway_port}")
-    if not out:
-        echo("no endpoints")
-    for d in out:
-        extra = d["declare"]
-        echo(
-            f"{d['name']}: {d['state']['ready']}, {d['state']['config_update']}, "
-            f"{extra['replicas_alive']}/{extra['replicas_recorded']} replicas alive, "
-            f"{extra['invocation_url']}"
-        )
-        if extra["message"]:
-            echo(f"  {extra['message'].splitlines()[0]}")
+    cfg = project.config
+    for line in status_lines(report, cfg.gateway_host, cfg.gateway_port):
+        echo(line)
 
 
 def state_list(project_dir: DirArg = Path(".")) -> None:

@@ -1,12 +1,13 @@
-"""Planning: endpoint changes -> a DAG of small named actions, and its two renderings.
+"""Planning: endpoint changes -> a DAG of small named actions with typed payloads.
 
-`actions` holds the data (Action, ActionKind, Plan), `build` the pure graph construction,
-`render` the human and JSON views. Nothing here touches a provider or the gateway.
+`actions` holds the data (Action, its payload types, ActionKind, Plan), `build` the pure graph
+construction, `codec` the JSON form of changes and actions, `saved` saved-plan files and
+their staleness. Nothing here touches a provider or the gateway; the renderings of a plan are
+`declare.views`'.
 """
 
 from declare.plan.actions import Action, ActionKind, Plan
 from declare.plan.build import GatewayInput, PlanInput, build_plan
-from declare.plan.render import render_human, render_json
 
 __all__ = [
     "Action",
@@ -15,6 +16,4 @@ __all__ = [
     "Plan",
     "PlanInput",
     "build_plan",
-    "render_human",
-    "render_json",
 ]

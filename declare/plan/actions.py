@@ -1,20 +1,26 @@
-"""Plan data: the small named actions and the plan that orders them.
+"""Plan data: the small named actions, their typed payloads, and the plan that orders them.
 
-An `Action` is data only (what to do, to what, with which inputs, all JSON-serializable),
-so a plan can be rendered, saved and executed without re-planning. `Plan.graph()` gives the
-DAG (networkx) whose edges say "must finish before".
+An `Action` is data only: an address, the endpoint it belongs to, a line for humans and a
+payload, one frozen dataclass per kind, holding the core's values (a `ReplicaSpec`, a
+`ResolvedModel`, an `EndpointSpec`), never loose maps. The kind is the payload's. Payloads
+become JSON only where a plan leaves the process (`declare.plan.codec`: saved plans and the
+plan's JSON view). `Plan.graph()` gives the DAG (networkx) whose edges say "must finish
+before".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import ClassVar
 
 import networkx as nx
 
 from declare.diff import Change, EndpointChange
+from declare.model import EndpointSpec, Guards, ReplicaHandle, ReplicaSpec, ResolvedModel
+
+Split = tuple[tuple[str, str, int], ...]  # (entity, generation, percentage) per target
 
 
 class ActionKind(Enum):
@@ -54,22 +60,162 @@ _SYMBOLS = {
 }
 
 
+# -- payloads: one per kind ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartGateway:
+    KIND: ClassVar = ActionKind.START_GATEWAY
+    host: str
+    port: int
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class StopGateway:
+    KIND: ClassVar = ActionKind.STOP_GATEWAY
+
+
+@dataclass(frozen=True)
+class Build:
+    """Build a model environment (an image) that `key` names; shared by equal environments."""
+
+    KIND: ClassVar = ActionKind.BUILD
+    provider: str
+    model: ResolvedModel
+    workload_type: str
+    key: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class StartReplica:
+    """Start one replica; `slot` names it for the actions after (await, undo)."""
+
+    KIND: ClassVar = ActionKind.START_REPLICA
+    slot: str
+    spec: ReplicaSpec
+
+
+@dataclass(frozen=True)
+class AwaitReady:
+    KIND: ClassVar = ActionKind.AWAIT_READY
+    slot: str
+    model: ResolvedModel
+
+
+@dataclass(frozen=True)
+class ShiftTraffic:
+    """One step of a progressive rollout: the traffic split while it bakes."""
+
+    KIND: ClassVar = ActionKind.SHIFT_TRAFFIC
+    step: int
+    of: int
+    percent: int
+    split: Split
+
+
+@dataclass(frozen=True)
+class Bake:
+    """Watch the new targets (`watch`: (entity, generation)) for `seconds`, judged by guards."""
+
+    KIND: ClassVar = ActionKind.BAKE
+    step: int
+    of: int
+    seconds: float
+    guards: Guards
+    watch: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SetRoutes:
+    """The atomic switch: the endpoint's new config, its serving generations, and which
+    replicas leave rotation (`retire`) or the record (`forget`)."""
+
+    KIND: ClassVar = ActionKind.SET_ROUTES
+    change: Change
+    spec: EndpointSpec
+    models: Mapping[str, ResolvedModel]
+    serving: Mapping[str, str]
+    retire: tuple[str, ...] = ()
+    forget: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoveRoutes:
+    KIND: ClassVar = ActionKind.REMOVE_ROUTES
+
+
+@dataclass(frozen=True)
+class Drain:
+    KIND: ClassVar = ActionKind.DRAIN
+    replica_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StopReplica:
+    KIND: ClassVar = ActionKind.STOP_REPLICA
+    handle: ReplicaHandle
+
+
+@dataclass(frozen=True)
+class ForgetReplica:
+    KIND: ClassVar = ActionKind.FORGET_REPLICA
+    handle: ReplicaHandle
+
+
+@dataclass(frozen=True)
+class StopOrphan:
+    KIND: ClassVar = ActionKind.STOP_ORPHAN
+    handle: ReplicaHandle
+
+
+Payload = (
+    StartGateway
+    | StopGateway
+    | Build
+    | StartReplica
+    | AwaitReady
+    | ShiftTraffic
+    | Bake
+    | SetRoutes
+    | RemoveRoutes
+    | Drain
+    | StopReplica
+    | ForgetReplica
+    | StopOrphan
+)
+
+PAYLOAD_TYPES: Mapping[ActionKind, type[Payload]] = {
+    t.KIND: t
+    for t in (
+        StartGateway,
+        StopGateway,
+        Build,
+        StartReplica,
+        AwaitReady,
+        ShiftTraffic,
+        Bake,
+        SetRoutes,
+        RemoveRoutes,
+        Drain,
+        StopReplica,
+        ForgetReplica,
+        StopOrphan,
+    )
+}
+
+
 @dataclass(frozen=True)
 class Action:
-    id: str  # unique address, e.g. endpoint.iris.replica[iris-2/0].start
-    kind: ActionKind
-    endpoint: str | None  # None for project-wide actions (gateway, orphans)
+    id: str  # unique address, e.g. endpoint.iris.entity[iris-2].replica[0].start
+    endpoint: str | None  # None for project-wide actions (gateway, builds, orphans)
     summary: str  # one line for humans
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    payload: Payload
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "endpoint": self.endpoint,
-            "summary": self.summary,
-            "payload": dict(self.payload),
-        }
+    @property
+    def kind(self) -> ActionKind:
+        return self.payload.KIND
 
 
 @dataclass(frozen=True)

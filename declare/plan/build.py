@@ -24,7 +24,24 @@ import networkx as nx
 
 from declare.diff import Change, EndpointChange, Impact
 from declare.model import ReplicaHandle, ReplicaSpec, RolloutPolicy
-from declare.plan.actions import Action, ActionKind, Plan
+from declare.plan.actions import (
+    Action,
+    AwaitReady,
+    Bake,
+    Build,
+    Drain,
+    ForgetReplica,
+    Plan,
+    RemoveRoutes,
+    SetRoutes,
+    ShiftTraffic,
+    Split,
+    StartGateway,
+    StartReplica,
+    StopGateway,
+    StopOrphan,
+    StopReplica,
+)
 from declare.provider import BuildInfo
 
 
@@ -121,20 +138,14 @@ def _gateway_start(g: _Graph, inp: PlanInput) -> str | None:
     stop_id = None
     if restart:
         stop_id = g.add(
-            Action(
-                "gateway.stop",
-                ActionKind.STOP_GATEWAY,
-                None,
-                "stop the gateway (its settings changed)",
-            )
+            Action("gateway.stop", None, "stop the gateway (its settings changed)", StopGateway())
         )
     start_id = g.add(
         Action(
             "gateway.start",
-            ActionKind.START_GATEWAY,
             None,
             f"start the gateway on {gw.host}:{gw.port}",
-            {"host": gw.host, "port": gw.port, "settings_hash": gw.settings_hash},
+            StartGateway(gw.host, gw.port, gw.settings_hash),
         )
     )
     # The old gateway must release its port before the new one binds it.
@@ -146,7 +157,7 @@ def _gateway_stop(g: _Graph, inp: PlanInput, tails: Sequence[str]) -> None:
     gw = inp.gateway
     if _gateway_needed(inp) or not (gw.running or gw.recorded_hash is not None):
         return
-    stop_id = g.add(Action("gateway.stop", ActionKind.STOP_GATEWAY, None, "stop the gateway"))
+    stop_id = g.add(Action("gateway.stop", None, "stop the gateway", StopGateway()))
     # The gateway goes last: endpoints being removed are drained through it first.
     for tail in tails:
         g.edge(tail, stop_id)
@@ -166,16 +177,11 @@ def _builds(g: _Graph, inp: PlanInput) -> dict[str, str]:
             aid = g.add(
                 Action(
                     f"build[{info.key}]",
-                    ActionKind.BUILD,
                     None,
                     f"build {info.ref or info.key} for {start.model.describe()} (not cached)",
-                    {
-                        "provider": change.provider,
-                        "model": start.model.to_json(),
-                        "workload_type": start.entity.workload_type,
-                        "key": info.key,
-                        "ref": info.ref,
-                    },
+                    Build(
+                        change.provider, start.model, start.entity.workload_type, info.key, info.ref
+                    ),
                 )
             )
             out[start.generation] = aid
@@ -208,17 +214,13 @@ def _build_note(info: BuildInfo | None) -> str:
     return f"; image {info.ref or info.key}" + (" (cached)" if info.cached else "")
 
 
-# 3-5. create / update ------------------------------------------------------------------
+# 3. replicas ---------------------------------------------------------------------------
 
 
-def _create_or_update(
-    g: _Graph,
-    inp: PlanInput,
-    change: EndpointChange,
-    start_gw: str | None,
-    builds: Mapping[str, str],
+def _replicas(
+    g: _Graph, inp: PlanInput, change: EndpointChange, builds: Mapping[str, str]
 ) -> list[str]:
-    assert change.after is not None
+    """start + await-ready per new replica; returns the await-ready ids."""
     name = change.name
     ready_ids: list[str] = []
     for s in change.starts:
@@ -238,11 +240,10 @@ def _create_or_update(
         start_id = g.add(
             Action(
                 f"{addr}.start",
-                ActionKind.START_REPLICA,
                 name,
                 f"start replica {s.entity.name}[{s.index}] serving {s.model.describe()}"
                 f" ({change.provider}; {s.reason}{_build_note(inp.builds.get(s.generation))})",
-                {"slot": slot, "replica_spec": spec.to_json()},
+                StartReplica(slot, spec),
             )
         )
         # A replica starts from its built image/environment.
@@ -250,122 +251,158 @@ def _create_or_update(
         ready_id = g.add(
             Action(
                 f"{addr}.ready",
-                ActionKind.AWAIT_READY,
                 name,
                 f"await {s.entity.name}[{s.index}] answering a real prediction",
-                {"slot": slot, "model": s.model.to_json()},
+                AwaitReady(slot, s.model),
             )
         )
         # Readiness is checked on the started replica.
         g.edge(start_id, ready_id)
         ready_ids.append(ready_id)
+    return ready_ids
 
+
+# 4. routes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """What a route push moves: old and new splits, the targets to watch, and the policy."""
+
+    old: Split
+    new: Split
+    watch: tuple[tuple[str, str], ...]
+    policy: RolloutPolicy
+
+    @property
+    def rolling(self) -> bool:
+        return bool(self.watch) and any(p > 0 for _, _, p in self.old)
+
+    @property
+    def progressive(self) -> bool:
+        return self.rolling and self.policy.progressive
+
+
+def _rollout_of(change: EndpointChange) -> _Rollout:
+    assert change.after is not None
+    d = change.after
+    old = change.before.traffic() if change.before else ()
+    new = tuple(
+        (r.served_entity_name, d.serving[r.served_entity_name], r.traffic_percentage)
+        for r in d.spec.routes
+    )
+    had = {(e, gen) for e, gen, p in old if p > 0}
+    watch = tuple((e, gen) for e, gen, p in new if p > 0 and (e, gen) not in had)
+    if change.kind is not Change.UPDATE:
+        watch = ()  # a new endpoint has no old traffic to roll from
+    return _Rollout(old, new, watch, d.spec.rollout)
+
+
+def _create_or_update(
+    g: _Graph,
+    inp: PlanInput,
+    change: EndpointChange,
+    start_gw: str | None,
+    builds: Mapping[str, str],
+) -> list[str]:
+    assert change.after is not None
+    ready_ids = _replicas(g, inp, change, builds)
     tails: list[str] = []
-    routes_id = None
     after_switch: str | None = None
     if change.route_push:
-        d = change.after
-        policy = d.spec.rollout
-        old = change.before.traffic() if change.before else ()
-        new = tuple(
-            (r.served_entity_name, d.serving[r.served_entity_name], r.traffic_percentage)
-            for r in d.spec.routes
-        )
-        had = {(e, gen) for e, gen, p in old if p > 0}
-        watch = [[e, gen] for e, gen, p in new if p > 0 and (e, gen) not in had]
-        rolling = bool(watch) and bool(had) and change.kind is Change.UPDATE
-        previous: list[str] = ready_ids
-        n = len(policy.steps)
-        if rolling and policy.progressive:
-            for step, percent in enumerate(policy.steps[:-1], 1):
-                split = blend(old, new, percent)
-                shift_id = g.add(
-                    Action(
-                        f"endpoint.{name}.shift[{step}]",
-                        ActionKind.SHIFT_TRAFFIC,
-                        name,
-                        f"shift traffic, step {step}/{n} ({percent}% to the new config): "
-                        + ", ".join(f"{e} {p}%" for e, _, p in split),
-                        {
-                            "step": step,
-                            "of": n,
-                            "percent": percent,
-                            "split": [list(t) for t in split],
-                        },
-                    )
-                )
-                # A step starts once the new replicas answer and the previous step baked.
-                for rid in previous:
-                    g.edge(rid, shift_id)
-                g.edge(start_gw, shift_id)
-                previous = [shift_id]
-                if policy.bakes:
-                    previous = [_bake(g, name, step, n, policy, watch, shift_id)]
-        routes_id = g.add(
-            Action(
-                f"endpoint.{name}.routes",
-                ActionKind.SET_ROUTES,
-                name,
-                (
-                    f"shift traffic, step {n}/{n}: "
-                    if rolling and policy.progressive
-                    else "route traffic: "
-                )
-                + ", ".join(
-                    f"{r.served_entity_name} {r.traffic_percentage}%" for r in d.spec.routes
-                ),
-                {
-                    "change": change.kind.value,
-                    "spec": d.spec.to_json(),
-                    "models": {k: m.to_json() for k, m in d.models.items()},
-                    "serving": d.serving,
-                    "retire": [h.id for h in change.stops],
-                    "forget": [h.id for h in change.forgets],
-                },
-            )
-        )
-        # Traffic moves only to replicas that answered a real prediction (and after the
-        # last canary step baked).
-        for rid in previous:
-            g.edge(rid, routes_id)
-        # Routes are pushed to a running gateway.
-        g.edge(start_gw, routes_id)
+        rollout = _rollout_of(change)
+        previous = _steps(g, change.name, rollout, ready_ids, start_gw)
+        routes_id = _switch(g, change, rollout, previous, start_gw)
         tails.append(routes_id)
         after_switch = routes_id
-        if rolling and policy.bakes:
+        if rollout.rolling and rollout.policy.bakes:
             # The old replicas stay up (out of rotation) until the new config baked at 100 %.
-            after_switch = _bake(g, name, n, n, policy, watch, routes_id)
+            n = len(rollout.policy.steps)
+            after_switch = _bake(g, change.name, n, n, rollout, routes_id)
             tails.append(after_switch)
-    tails += _retire(g, name, change.stops, change.forgets, after_switch)
+    tails += _retire(g, change.name, change.stops, change.forgets, after_switch)
     return tails or ready_ids
 
 
-def _bake(
+def _steps(
+    g: _Graph, name: str, rollout: _Rollout, ready_ids: list[str], start_gw: str | None
+) -> list[str]:
+    """The shift-traffic steps (and bakes) before the last step; returns what the switch
+    waits for."""
+    previous: list[str] = ready_ids
+    if not rollout.progressive:
+        return previous
+    policy = rollout.policy
+    n = len(policy.steps)
+    for step, percent in enumerate(policy.steps[:-1], 1):
+        split = blend(rollout.old, rollout.new, percent)
+        shift_id = g.add(
+            Action(
+                f"endpoint.{name}.shift[{step}]",
+                name,
+                f"shift traffic, step {step}/{n} ({percent}% to the new config): "
+                + ", ".join(f"{e} {p}%" for e, _, p in split),
+                ShiftTraffic(step, n, percent, split),
+            )
+        )
+        # A step starts once the new replicas answer and the previous step baked.
+        for rid in previous:
+            g.edge(rid, shift_id)
+        g.edge(start_gw, shift_id)
+        previous = [shift_id]
+        if policy.bakes:
+            previous = [_bake(g, name, step, n, rollout, shift_id)]
+    return previous
+
+
+def _switch(
     g: _Graph,
-    name: str,
-    step: int,
-    of: int,
-    policy: RolloutPolicy,
-    watch: list[list[str]],
-    after: str,
+    change: EndpointChange,
+    rollout: _Rollout,
+    previous: list[str],
+    start_gw: str | None,
 ) -> str:
+    assert change.after is not None
+    d = change.after
+    n = len(rollout.policy.steps)
+    lead = f"shift traffic, step {n}/{n}: " if rollout.progressive else "route traffic: "
+    routes_id = g.add(
+        Action(
+            f"endpoint.{change.name}.routes",
+            change.name,
+            lead
+            + ", ".join(f"{r.served_entity_name} {r.traffic_percentage}%" for r in d.spec.routes),
+            SetRoutes(
+                change=change.kind,
+                spec=d.spec,
+                models=d.models,
+                serving=d.serving,
+                retire=tuple(h.id for h in change.stops),
+                forget=tuple(h.id for h in change.forgets),
+            ),
+        )
+    )
+    # Traffic moves only to replicas that answered a real prediction (and after the
+    # last canary step baked).
+    for rid in previous:
+        g.edge(rid, routes_id)
+    # Routes are pushed to a running gateway.
+    g.edge(start_gw, routes_id)
+    return routes_id
+
+
+def _bake(g: _Graph, name: str, step: int, of: int, rollout: _Rollout, after: str) -> str:
+    policy = rollout.policy
     condition = policy.guards.rollback_condition()
     judged = f"; roll back if {condition}" if condition else ""
     bake_id = g.add(
         Action(
             f"endpoint.{name}.bake[{step}]",
-            ActionKind.BAKE,
             name,
             f"bake {policy.bake_seconds:g}s at step {step}/{of}, watching "
-            + ", ".join(e for e, _ in watch)
+            + ", ".join(e for e, _ in rollout.watch)
             + judged,
-            {
-                "step": step,
-                "of": of,
-                "seconds": policy.bake_seconds,
-                "guards": policy.guards.to_json(),
-                "watch": watch,
-            },
+            Bake(step, of, policy.bake_seconds, policy.guards, rollout.watch),
         )
     )
     # A bake watches the traffic the step before it set.
@@ -373,9 +410,7 @@ def _bake(
     return bake_id
 
 
-def blend(
-    old: tuple[tuple[str, str, int], ...], new: tuple[tuple[str, str, int], ...], percent: int
-) -> tuple[tuple[str, str, int], ...]:
+def blend(old: Split, new: Split, percent: int) -> Split:
     """`percent`% of the traffic split as `new`, the rest as `old`; integers summing to 100."""
     weights: dict[tuple[str, str], float] = {}
     for e, gen, p in old:
@@ -387,6 +422,9 @@ def blend(
     for k in sorted(weights, key=lambda k: weights[k] - floors[k], reverse=True)[:left]:
         floors[k] += 1
     return tuple((e, gen, floors[(e, gen)]) for (e, gen) in weights if floors[(e, gen)] > 0)
+
+
+# 5. retire -----------------------------------------------------------------------------
 
 
 def _retire(
@@ -402,10 +440,9 @@ def _retire(
         drain_id = g.add(
             Action(
                 f"endpoint.{name}.drain",
-                ActionKind.DRAIN,
                 name,
                 "drain in-flight requests from " + ", ".join(h.id for h in stops),
-                {"replica_ids": [h.id for h in stops]},
+                Drain(tuple(h.id for h in stops)),
             )
         )
         # Drain only once the new routing no longer sends requests to these replicas.
@@ -414,10 +451,9 @@ def _retire(
         stop_id = g.add(
             Action(
                 f"endpoint.{name}.replica[{h.id}].stop",
-                ActionKind.STOP_REPLICA,
                 name,
                 f"stop replica {h.id} ({h.entity})",
-                {"handle": h.to_json()},
+                StopReplica(h),
             )
         )
         # A replica stops after its in-flight requests finished.
@@ -427,10 +463,9 @@ def _retire(
         forget_id = g.add(
             Action(
                 f"endpoint.{name}.replica[{h.id}].forget",
-                ActionKind.FORGET_REPLICA,
                 name,
                 f"forget replica {h.id} ({h.entity}), which is not running",
-                {"handle": h.to_json()},
+                ForgetReplica(h),
             )
         )
         # Forget a dead replica once the routing no longer names it.
@@ -447,9 +482,9 @@ def _delete(g: _Graph, change: EndpointChange) -> list[str]:
     remove_id = g.add(
         Action(
             f"endpoint.{name}.routes",
-            ActionKind.REMOVE_ROUTES,
             name,
             f"remove endpoint {name} from the gateway",
+            RemoveRoutes(),
         )
     )
     return [remove_id, *_retire(g, name, change.stops, change.forgets, remove_id)]
@@ -463,11 +498,10 @@ def _orphans(g: _Graph, inp: PlanInput) -> list[str]:
         g.add(
             Action(
                 f"orphan[{h.id}].stop",
-                ActionKind.STOP_ORPHAN,
                 None,
                 f"stop orphan replica {h.id} (endpoint {h.endpoint}, {h.entity}): "
                 "running under this project's labels, unknown to the state",
-                {"handle": h.to_json()},
+                StopOrphan(h),
             )
         )
         for h in inp.orphans

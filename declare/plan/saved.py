@@ -1,10 +1,11 @@
 """Saved plans: `declare plan --out FILE` writes one, `declare apply FILE` executes it exactly.
 
-A saved plan is a JSON document holding the whole Plan (changes with their before/after
-values, actions with payloads, edges), the lineage and serial of the state it was made
-from, and what the refresh observed (replica liveness, orphans, the gateway and its routing,
-builds and their cache state). `stale_reasons()` compares a saved plan with the state and
-what runs now and says, one line each, what moved on; apply refuses a stale plan.
+A saved plan (`PlanFile`) is a JSON document holding the whole Plan (changes with their
+before/after values, actions with payloads, edges; encoded by `declare.plan.codec`), the
+lineage and serial of the state it was made from, and what the refresh observed (replica
+liveness, orphans, the gateway and its routing, builds and their cache state).
+`stale_reasons()` compares a saved plan with the state and what runs now and says, one line
+each, what moved on; apply refuses a stale plan.
 
 No secret value is ever in a plan: environment variables hold `{{secrets/...}}` references,
 and MLflow connection settings are added at apply time. Pure except for `write`/`read`.
@@ -21,27 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from declare import __version__
-from declare.diff import (
-    Actual,
-    Change,
-    DesiredEndpoint,
-    EndpointChange,
-    FieldChange,
-    Impact,
-    ReplicaStart,
-)
+from declare.diff import Actual
 from declare.errors import ConfigError
-from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel
-from declare.plan.actions import Action, ActionKind, Plan
+from declare.plan.actions import Plan
+from declare.plan.codec import action_from_json, action_to_json, change_from_json, change_to_json
 from declare.provider import BuildInfo
-from declare.state.document import EndpointRecord, State
+from declare.state.document import State
 
 FORMAT = "declare-plan"
 FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class SavedPlan:
+class PlanFile:
     plan: Plan
     project: str
     lineage: str
@@ -80,7 +73,7 @@ def observe(actual: Actual, builds: Mapping[str, BuildInfo]) -> dict[str, Any]:
     }
 
 
-def stale_reasons(saved: SavedPlan, state: State, now: Mapping[str, Any]) -> list[str]:
+def stale_reasons(saved: PlanFile, state: State, now: Mapping[str, Any]) -> list[str]:
     """Why the saved plan no longer fits (empty when it still does)."""
     out = []
     if saved.lineage and state.lineage and saved.lineage != state.lineage:
@@ -131,82 +124,10 @@ def _build_word(b: Mapping[str, Any]) -> str:
     return f"{'cached' if b.get('cached') else 'not built'} ({b.get('ref') or b.get('key')})"
 
 
-# -- (de)serialization --------------------------------------------------------------------
+# -- the file ---------------------------------------------------------------------------
 
 
-def _change_to_json(c: EndpointChange) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "kind": c.kind.value,
-        "provider": c.provider,
-        "before": c.before.to_json() if c.before else None,
-        "after": {
-            "spec": c.after.spec.to_json(),
-            "models": {k: m.to_json() for k, m in c.after.models.items()},
-        }
-        if c.after
-        else None,
-        "fields": [
-            {"path": f.path, "before": f.before, "after": f.after, "impact": f.impact.value}
-            for f in c.fields
-        ],
-        "starts": [
-            {
-                "entity": s.entity.to_json(),
-                "model": s.model.to_json(),
-                "generation": s.generation,
-                "index": s.index,
-                "reason": s.reason,
-            }
-            for s in c.starts
-        ],
-        "stops": [h.to_json() for h in c.stops],
-        "forgets": [h.to_json() for h in c.forgets],
-        "route_push": c.route_push,
-        "drift": list(c.drift),
-        "capacity": [c.capacity_before, c.capacity_after, c.capacity_peak],
-    }
-
-
-def _change_from_json(d: Mapping[str, Any]) -> EndpointChange:
-    after = d.get("after")
-    cap = d.get("capacity") or [0, 0, 0]
-    return EndpointChange(
-        name=d["name"],
-        kind=Change(d["kind"]),
-        provider=d["provider"],
-        before=EndpointRecord.from_json(d["before"]) if d.get("before") else None,
-        after=DesiredEndpoint(
-            EndpointSpec.from_json(after["spec"]),
-            {k: ResolvedModel.from_json(m) for k, m in after["models"].items()},
-        )
-        if after
-        else None,
-        fields=tuple(
-            FieldChange(f["path"], f["before"], f["after"], Impact(f["impact"]))
-            for f in d.get("fields", [])
-        ),
-        starts=tuple(
-            ReplicaStart(
-                EntitySpec.from_json(s["entity"]),
-                ResolvedModel.from_json(s["model"]),
-                s["generation"],
-                int(s["index"]),
-                s["reason"],
-            )
-            for s in d.get("starts", [])
-        ),
-        stops=tuple(ReplicaHandle.from_json(h) for h in d.get("stops", [])),
-        forgets=tuple(ReplicaHandle.from_json(h) for h in d.get("forgets", [])),
-        route_push=bool(d.get("route_push")),
-        drift=tuple(d.get("drift", [])),
-        capacity_before=int(cap[0]),
-        capacity_after=int(cap[1]),
-        capacity_peak=int(cap[2]),
-    )
-
-
-def to_json(saved: SavedPlan) -> dict[str, Any]:
+def to_json(saved: PlanFile) -> dict[str, Any]:
     p = saved.plan
     return {
         "format": FORMAT,
@@ -217,14 +138,14 @@ def to_json(saved: SavedPlan) -> dict[str, Any]:
         "state": {"lineage": saved.lineage, "serial": saved.serial},
         "observed": dict(saved.observed),
         "destroy": p.destroy,
-        "changes": [_change_to_json(c) for c in p.changes],
-        "actions": [a.to_json() for a in p.actions],
+        "changes": [change_to_json(c) for c in p.changes],
+        "actions": [action_to_json(a) for a in p.actions],
         "edges": [list(e) for e in p.edges],
         "orphans": list(p.orphans),
     }
 
 
-def from_json(data: Any, where: str) -> SavedPlan:
+def from_json(data: Any, where: str) -> PlanFile:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{where} is not a saved declare plan (made by `declare plan --out`)")
     if data.get("format_version") != FORMAT_VERSION:
@@ -234,16 +155,13 @@ def from_json(data: Any, where: str) -> SavedPlan:
         )
     try:
         plan = Plan(
-            changes=tuple(_change_from_json(c) for c in data["changes"]),
-            actions=tuple(
-                Action(a["id"], ActionKind(a["kind"]), a["endpoint"], a["summary"], a["payload"])
-                for a in data["actions"]
-            ),
+            changes=tuple(change_from_json(c) for c in data["changes"]),
+            actions=tuple(action_from_json(a) for a in data["actions"]),
             edges=tuple((str(a), str(b)) for a, b in data["edges"]),
             orphans=tuple(data.get("orphans", [])),
             destroy=bool(data.get("destroy")),
         )
-        return SavedPlan(
+        return PlanFile(
             plan=plan,
             project=str(data["project"]),
             lineage=str(data["state"]["lineage"]),
@@ -255,7 +173,7 @@ def from_json(data: Any, where: str) -> SavedPlan:
         raise ConfigError(f"{where}: the saved plan is damaged ({exc!r}); plan again") from None
 
 
-def write(saved: SavedPlan, path: Path) -> None:
+def write(saved: PlanFile, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -264,7 +182,7 @@ def write(saved: SavedPlan, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read(path: Path) -> SavedPlan:
+def read(path: Path) -> PlanFile:
     try:
         text = path.read_text()
     except OSError as exc:

@@ -142,6 +142,32 @@ class EndpointRecord:
             for r in self.routes
         )
 
+    # -- pure updates -------------------------------------------------------------------
+
+    def with_replica(self, replica: ReplicaRecord) -> EndpointRecord:
+        return replace(self, replicas=(*self.replicas, replica))
+
+    def without_replica(self, replica_id: str) -> EndpointRecord:
+        return replace(self, replicas=tuple(x for x in self.replicas if x.id != replica_id))
+
+    def with_ready(self, replica_id: str) -> EndpointRecord:
+        """The replica passed its readiness check."""
+        return replace(
+            self,
+            replicas=tuple(
+                replace(x, ready=True) if x.id == replica_id else x for x in self.replicas
+            ),
+        )
+
+    def with_status(
+        self, config_update: str, message: str = "", pending: EndpointSpec | None = None
+    ) -> EndpointRecord:
+        return replace(self, config_update=config_update, message=message, pending=pending)
+
+    def bump_version(self) -> EndpointRecord:
+        """A config applied in full: the next config version."""
+        return replace(self, config_version=self.config_version + 1)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -184,7 +210,9 @@ class EndpointRecord:
 
 
 @dataclass(frozen=True)
-class GatewayRecordState:
+class RecordedGateway:
+    """The gateway as the state records it: where it listens, the hash of its settings."""
+
     host: str
     port: int
     settings_hash: str
@@ -198,7 +226,7 @@ class State:
     serial: int = 0
     lineage: str = ""
     endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
-    gateway: GatewayRecordState | None = None
+    gateway: RecordedGateway | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -221,7 +249,7 @@ class State:
                 name: EndpointRecord.from_json(ep)
                 for name, ep in (data.get("endpoints") or {}).items()
             },
-            gateway=GatewayRecordState(gw["host"], int(gw["port"]), gw["settings_hash"])
+            gateway=RecordedGateway(gw["host"], int(gw["port"]), gw["settings_hash"])
             if gw
             else None,
         )

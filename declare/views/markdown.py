@@ -1,6 +1,6 @@
 """The plan as a pull-request comment (GitHub-flavoured Markdown), for reviewers.
 
-`render_markdown(plan)` is a third view of the same `Plan` value beside `render.py`'s human
+`render_markdown(plan)` is a third view of the same `Plan` value beside `declare.views.plan`'s human
 text and JSON; it is pure (a Plan in, a string out). The comment has, in order:
 
 1. one summary line: endpoints to create, update and destroy, and the number of actions;

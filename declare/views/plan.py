@@ -13,6 +13,7 @@ from declare import __version__
 from declare.diff import Change, EndpointChange, FieldChange, Impact
 from declare.model import WORKLOAD_CONCURRENCY, EntitySpec
 from declare.plan.actions import ActionKind, Plan
+from declare.plan.codec import action_to_json
 
 PLAN_FORMAT_VERSION = "1.0"
 
@@ -202,7 +203,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "declare_version": __version__,
         "destroy": plan.destroy,
         "changes": [_change_json(c) for c in plan.changes],
-        "actions": [a.to_json() for a in plan.actions],
+        "actions": [action_to_json(a) for a in plan.actions],
         "edges": [list(e) for e in plan.edges],
         "orphans": list(plan.orphans),
         "summary": {**counts, "actions": len(plan.actions)},

@@ -12,24 +12,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from declare import procs
-from tests.integration.conftest import MlflowProject
 from tests.support import CliProject, Load, manifest
 
 
 @pytest.fixture
-def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
-    p = CliProject(tmp_path, mlflow_project.tracking_uri)
-    p.write(manifest("iris", "1"))
-    yield p
-    # Leave nothing behind even when an assertion failed midway.
-    p.declare("destroy", "--auto-approve")
+def project(cli_project: CliProject) -> CliProject:
+    """The project of `iris` v1 (the cli_project fixture destroys it whatever happens)."""
+    cli_project.write(manifest("iris", "1"))
+    return cli_project
 
 
 def test_core_lifecycle(project: CliProject) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from declare.diff import diff
-from declare.plan.actions import Action, ActionKind, Plan
-from declare.plan.graphviz import render_dot, render_mermaid
+from declare.plan.actions import Action, Plan, StartGateway
+from declare.views.graph import render_dot, render_mermaid
 from tests.unit.conftest import Ran
 from tests.unit.planning_fixtures import applied, desired, plan_of
 
@@ -53,7 +53,7 @@ def test_mermaid_flowchart_has_every_action_and_edge() -> None:
 
 
 def test_quotes_in_summaries_cannot_break_either_syntax() -> None:
-    tricky = Action('x"y', ActionKind.START_GATEWAY, None, 'start "the" gateway \\ now')
+    tricky = Action('x"y', None, 'start "the" gateway \\ now', StartGateway("h", 1, "gw"))
     plan = Plan(changes=(), actions=(tricky,), edges=())
     assert 'a1 [label="1. + start \\"the\\" gateway \\\\ now"' in render_dot(plan)
     assert 'a1["1. + start #quot;the#quot; gateway \\ now"]:::create' in render_mermaid(plan)

@@ -18,8 +18,8 @@ import pytest
 from declare.diff import Actual, DesiredEndpoint, diff
 from declare.model import ResolvedModel, RolloutPolicy
 from declare.plan.actions import Plan
-from declare.plan.markdown import render_markdown, signature_problems, warnings_of
 from declare.state.document import State
+from declare.views.markdown import render_markdown, signature_problems, warnings_of
 from tests.unit.planning_fixtures import applied, desired, model, plan_of
 
 GOLDEN = Path(__file__).parent / "testdata" / "markdown"

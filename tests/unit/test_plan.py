@@ -10,9 +10,9 @@ import jsonschema
 import networkx as nx
 
 from declare.diff import Actual, diff
-from declare.plan import render_human, render_json
 from declare.plan.actions import ActionKind
 from declare.state.document import State
+from declare.views.plan import render_human, render_json
 from tests.unit.planning_fixtures import applied, desired, plan_of
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

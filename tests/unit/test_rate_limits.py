@@ -17,9 +17,9 @@ from declare.gateway.limits import RateLimiter
 from declare.gateway.table import RoutingTable
 from declare.manifests import load_project_manifests
 from declare.model import RateLimit, manifest_limits
-from declare.plan import render_human
 from declare.plan.actions import ActionKind
 from declare.routing import routing_table
+from declare.views.plan import render_human
 from tests.unit.planning_fixtures import applied, desired, plan_of
 
 
@@ -193,7 +193,13 @@ def test_manifest_errors_locate_a_bad_enforced_limit(tmp_path: Path) -> None:
         "      renewal_period: minute\n"
     )
     with pytest.raises(ManifestError) as caught:
-        load_project_manifests(tmp_path, load_config(tmp_path, {}))
+        config = load_config(tmp_path, {})
+        load_project_manifests(
+            tmp_path,
+            include=config.manifest_include,
+            exclude=config.manifest_exclude,
+            default_provider=config.default_provider,
+        )
     text = str(caught.value)
     assert "ep.yaml:7: rate_limits[0].calls" in text
     assert "ep.yaml:11: ai_gateway.rate_limits[0].calls: calls must be a whole number" in text

@@ -8,9 +8,10 @@ import networkx as nx
 
 from declare.diff import diff
 from declare.model import Figures, Guards, RolloutPolicy, judge, rollout_problems
-from declare.plan import GatewayInput, PlanInput, build_plan, render_human, render_json
-from declare.plan.actions import ActionKind, Plan
+from declare.plan import GatewayInput, PlanInput, build_plan
+from declare.plan.actions import ActionKind, Plan, ShiftTraffic
 from declare.plan.build import blend
+from declare.views.plan import render_human, render_json
 from tests.unit.planning_fixtures import applied, desired, plan_of
 
 CANARY = {
@@ -79,7 +80,8 @@ def test_canary_plan_has_steps_bakes_and_keeps_old_until_last_bake() -> None:
         ActionKind.STOP_REPLICA,
     ]
     shift1 = plan.action("endpoint.iris.shift[1]")
-    assert shift1.payload["split"][1][0] == "iris-2" and shift1.payload["split"][1][2] == 10
+    assert isinstance(shift1.payload, ShiftTraffic)
+    assert shift1.payload.split[1][0] == "iris-2" and shift1.payload.split[1][2] == 10
     g = plan.graph()
     assert nx.has_path(g, "endpoint.iris.bake[3]", "endpoint.iris.drain")
     text = render_human(plan)

@@ -1,0 +1,254 @@
+"""What each kind of action does: one handler per kind, each taking its own payload type,
+in a typed registry (`HANDLERS`, complete by construction: `_handler` matches every kind).
+
+Handlers act through the context: providers and the gateway for what runs, the ledger for
+what is recorded, the progress book for what later actions and the undo need (started
+replicas by slot, the routing before traffic moved). A handler raises to fail its action;
+the executor records the failure and the undo reverses what finished (`rollback.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TypeVar, assert_never
+
+from declare import secrets
+from declare.apply.context import ApplyContext
+from declare.apply.events import DrainTimedOut, GuardsPassed
+from declare.errors import GatewayError, RolloutGuardError
+from declare.model import Figures, judge
+from declare.plan.actions import (
+    Action,
+    ActionKind,
+    AwaitReady,
+    Bake,
+    Build,
+    Drain,
+    ForgetReplica,
+    Payload,
+    RemoveRoutes,
+    SetRoutes,
+    ShiftTraffic,
+    StartGateway,
+    StartReplica,
+    StopGateway,
+    StopOrphan,
+    StopReplica,
+)
+from declare.routing import target_key
+from declare.state.document import RecordedGateway, ReplicaRecord, State
+
+REPLICA_GRACE_SECONDS = 10.0
+ORPHAN_GRACE_SECONDS = 5.0
+
+# -- the gateway and builds -----------------------------------------------------------------
+
+
+def start_gateway(ctx: ApplyContext, action: Action, p: StartGateway) -> None:
+    ctx.project.gateway.start(ctx.project.gateway_settings())
+    ctx.ledger.record_gateway(RecordedGateway(p.host, p.port, p.settings_hash))
+    ctx.ledger.push(required=True)
+
+
+def stop_gateway(ctx: ApplyContext, action: Action, p: StopGateway) -> None:
+    ctx.project.gateway.stop()
+    ctx.ledger.record_gateway(None)
+
+
+def build(ctx: ApplyContext, action: Action, p: Build) -> None:
+    ctx.project.provider(p.provider).build(p.model, p.workload_type)
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+
+def start_replica(ctx: ApplyContext, action: Action, p: StartReplica) -> None:
+    project = ctx.project
+    spec = replace(
+        p.spec,
+        model_env=project.resolver.model_env,
+        environment_vars=secrets.resolve(p.spec.environment_vars, project.environ),
+    )
+    handle = project.provider(ctx.provider_of(spec.endpoint)).start_replica(spec)
+    ctx.fold(spec.endpoint, lambda pr: pr.with_handle(p.slot, handle))
+    ctx.ledger.update(
+        spec.endpoint,
+        lambda r: r.with_replica(ReplicaRecord(handle, spec.index)),
+        ctx.provider_of(spec.endpoint),
+    )
+
+
+def await_ready(ctx: ApplyContext, action: Action, p: AwaitReady) -> None:
+    handle = ctx.progress(str(action.endpoint)).handles[p.slot]
+    ctx.project.probe.await_ready(
+        ctx.project.provider(handle.provider),
+        handle,
+        p.model,
+        ctx.project.config.ready_timeout_seconds,
+    )
+    ctx.ledger.update(handle.endpoint, lambda r: r.with_ready(handle.id))
+
+
+def stop_replica(ctx: ApplyContext, action: Action, p: StopReplica) -> None:
+    ctx.stop_handle(action.endpoint, p.handle, REPLICA_GRACE_SECONDS)
+
+
+def forget_replica(ctx: ApplyContext, action: Action, p: ForgetReplica) -> None:
+    ctx.stop_handle(action.endpoint, p.handle, REPLICA_GRACE_SECONDS)
+
+
+def stop_orphan(ctx: ApplyContext, action: Action, p: StopOrphan) -> None:
+    ctx.project.provider(p.handle.provider).stop_replica(
+        p.handle, grace_seconds=ORPHAN_GRACE_SECONDS
+    )
+
+
+# -- traffic --------------------------------------------------------------------------------
+
+
+def set_routes(ctx: ApplyContext, action: Action, p: SetRoutes) -> None:
+    name = str(action.endpoint)
+    retire, forget = set(p.retire), set(p.forget)
+
+    def switched(state: State) -> State:
+        before = state.endpoint(name, p.spec.provider)
+        ctx.fold(name, lambda pr: pr.with_snapshot(before))
+        return state.with_endpoint(
+            replace(
+                before,
+                provider=p.spec.provider,
+                spec=p.spec,
+                models=p.models,
+                routes=p.spec.routes,
+                serving=dict(p.serving),
+                split=(),
+                replicas=tuple(
+                    replace(x, retired=True) if x.id in retire else x
+                    for x in before.replicas
+                    if x.id not in forget
+                ),
+            )
+        )
+
+    ctx.ledger.switch(switched, "routes cannot be switched")
+
+
+def shift_traffic(ctx: ApplyContext, action: Action, p: ShiftTraffic) -> None:
+    name = str(action.endpoint)
+
+    def shifted(state: State) -> State:
+        before = state.endpoints[name]
+        ctx.fold(name, lambda pr: pr.with_snapshot(before))
+        return state.with_endpoint(replace(before, split=p.split))
+
+    ctx.ledger.switch(shifted, "traffic cannot be shifted")
+
+
+def remove_routes(ctx: ApplyContext, action: Action, p: RemoveRoutes) -> None:
+    ctx.ledger.update(str(action.endpoint), lambda r: replace(r, routes=(), serving={}))
+    ctx.ledger.push(required=False)
+
+
+def drain(ctx: ApplyContext, action: Action, p: Drain) -> None:
+    admin = ctx.project.gateway.admin()
+    if admin is None:
+        return  # no gateway: nothing can be in flight through it
+    timeout = ctx.project.config.drain_timeout_seconds
+    with admin:
+        drained = admin.drain(list(p.replica_ids), timeout)
+    if not drained:
+        ctx.emit(DrainTimedOut(action, timeout))
+
+
+def bake(ctx: ApplyContext, action: Action, p: Bake) -> None:
+    """Watch the new targets for `seconds`; a tripped guard raises (and so rolls back)."""
+    name = str(action.endpoint)
+    clock = ctx.clock
+    since = clock.time()
+    deadline = clock.monotonic() + p.seconds
+    figures: dict[str, Figures] = {}
+    while True:
+        clock.sleep(min(1.0, max(0.0, deadline - clock.monotonic())))
+        ctx.check_deadline(name)
+        figures = watch_figures(ctx, name, p.watch, since)
+        verdict = judge(p.guards, figures)
+        if verdict:
+            raise RolloutGuardError(f"rollout guard tripped at step {p.step}/{p.of}: {verdict}")
+        if clock.monotonic() >= deadline:
+            break
+    ctx.emit(GuardsPassed(action, p.step, p.of, figures))
+
+
+def watch_figures(
+    ctx: ApplyContext, name: str, watch: tuple[tuple[str, str], ...], since: float
+) -> dict[str, Figures]:
+    """The gateway's figures since `since` for each watched (entity, generation)."""
+    admin = ctx.project.gateway.admin()
+    if admin is None:
+        raise GatewayError("the gateway stopped during the bake")
+    with admin:
+        metrics = admin.metrics(since)
+    traffic = ctx.ledger.state.endpoints[name].traffic()
+    entities = metrics.get("endpoints", {}).get(name, {}).get("entities", {})
+    out: dict[str, Figures] = {}
+    for entity, generation in watch:
+        m = entities.get(target_key(traffic, entity, generation), {})
+        out[entity] = Figures(
+            requests=int(m.get("requests", 0)),
+            errors=int(m.get("errors", 0)),
+            error_rate=float(m.get("error_rate") or 0.0),
+            p99_ms=float(m.get("p99_ms") or 0.0),
+        )
+    return out
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+Handler = Callable[[ApplyContext, Action], None]
+P = TypeVar("P", bound=Payload)
+
+
+def _bind(payload_type: type[P], fn: Callable[[ApplyContext, Action, P], None]) -> Handler:
+    def run(ctx: ApplyContext, action: Action) -> None:
+        payload = action.payload
+        if not isinstance(payload, payload_type):  # an Action's kind is its payload's
+            raise TypeError(f"{action.id}: {type(payload).__name__} is not a {payload_type}")
+        fn(ctx, action, payload)
+
+    return run
+
+
+def _handler(kind: ActionKind) -> Handler:
+    match kind:
+        case ActionKind.START_GATEWAY:
+            return _bind(StartGateway, start_gateway)
+        case ActionKind.STOP_GATEWAY:
+            return _bind(StopGateway, stop_gateway)
+        case ActionKind.BUILD:
+            return _bind(Build, build)
+        case ActionKind.START_REPLICA:
+            return _bind(StartReplica, start_replica)
+        case ActionKind.AWAIT_READY:
+            return _bind(AwaitReady, await_ready)
+        case ActionKind.SHIFT_TRAFFIC:
+            return _bind(ShiftTraffic, shift_traffic)
+        case ActionKind.BAKE:
+            return _bind(Bake, bake)
+        case ActionKind.SET_ROUTES:
+            return _bind(SetRoutes, set_routes)
+        case ActionKind.REMOVE_ROUTES:
+            return _bind(RemoveRoutes, remove_routes)
+        case ActionKind.DRAIN:
+            return _bind(Drain, drain)
+        case ActionKind.STOP_REPLICA:
+            return _bind(StopReplica, stop_replica)
+        case ActionKind.FORGET_REPLICA:
+            return _bind(ForgetReplica, forget_replica)
+        case ActionKind.STOP_ORPHAN:
+            return _bind(StopOrphan, stop_orphan)
+        case _:  # mypy proves this unreachable: a kind without a handler fails the check
+            assert_never(kind)
+
+
+HANDLERS: Mapping[ActionKind, Handler] = {kind: _handler(kind) for kind in ActionKind}

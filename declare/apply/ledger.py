@@ -1,0 +1,95 @@
+"""The one writer of the recorded state and of the gateway's routing table during an apply.
+
+Every change an action makes to what is recorded goes through `Ledger`: it writes the state
+after each change (the backend owns serial and lineage) and pushes the routing table, always
+derived from the state (`declare.routing`), so the two never disagree for long:
+
+    update(name, fn)      record a change of one endpoint
+    switch(fn, what)      move traffic: push the table of the changed state first, then
+                          record it (a gateway that refuses leaves the state as it was)
+    push(required, what)  push the table of the current state
+    show_status()         push for the management API's status only; a failure is returned
+
+Not a planner: it is told what changed, by the handlers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+
+from declare.errors import DeclareError, GatewayError
+from declare.ports import GatewayControl
+from declare.routing import routing_table
+from declare.state.backend import StateWriter
+from declare.state.document import EndpointRecord, RecordedGateway, State
+
+
+class Ledger:
+    """The state as last written, and the only path by which it changes during an apply."""
+
+    def __init__(
+        self, backend: StateWriter, state: State, gateway: GatewayControl, default_provider: str
+    ) -> None:
+        self._backend = backend
+        self._state = state
+        self._gateway = gateway
+        self._default_provider = default_provider
+        self._lock = threading.RLock()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def commit(self, new: State) -> None:
+        with self._lock:
+            written = self._backend.write(new.to_json())
+            self._state = replace(new, serial=written["serial"], lineage=written["lineage"])
+
+    def update(
+        self,
+        name: str,
+        fn: Callable[[EndpointRecord], EndpointRecord],
+        provider: str | None = None,
+    ) -> None:
+        """Record `fn(record)` for endpoint `name` (a new record when it has none yet)."""
+        with self._lock:
+            record = self._state.endpoint(name, provider or self._default_provider)
+            self.commit(self._state.with_endpoint(fn(record)))
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self.commit(self._state.without_endpoint(name))
+
+    def record_gateway(self, gateway: RecordedGateway | None) -> None:
+        with self._lock:
+            self.commit(replace(self._state, gateway=gateway))
+
+    def switch(self, change: Callable[[State], State], what: str) -> None:
+        """Push the table of `change(state)`; only once the gateway took it, record it."""
+        with self._lock:
+            candidate = change(self._state)
+            self._push(candidate, required=True, what=what)
+            self.commit(candidate)
+
+    def push(self, required: bool, what: str = "routes cannot be switched") -> None:
+        with self._lock:
+            self._push(self._state, required, what)
+
+    def show_status(self) -> str | None:
+        """Push the table so the management API shows the new status; the error, if any."""
+        try:
+            self.push(required=False)
+        except DeclareError as exc:
+            return str(exc)
+        return None
+
+    def _push(self, state: State, required: bool, what: str) -> None:
+        admin = self._gateway.admin()
+        if admin is None:
+            if required:
+                raise GatewayError(f"the gateway is not running, so {what}")
+            return
+        with admin:
+            admin.put_table(routing_table(state))

@@ -1,0 +1,166 @@
+"""`make_plan`: the stages in order, for a project and its state, with Terraform's modes.
+
+    desired = load_desired(project)            (none for -destroy)
+    actual  = refresh(project, state, desired)
+    changes = diff(desired, state, actual)      pure
+    changes narrowed by --target / --refresh-only
+    plan    = build_plan(...)                   pure
+
+The caller holds the state lock. `saved_plan` reads a saved plan and checks it against the
+state and a fresh refresh (stale: refused, saying what moved on). Nothing here changes what
+runs or what is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff
+from declare.engine.desired import load_desired
+from declare.engine.refresh import builds, refresh
+from declare.errors import ConfigError, StaleStateError
+from declare.plan import GatewayInput, Plan, PlanInput, build_plan, saved
+from declare.project import Project
+from declare.state.document import State
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Terraform's planning modes: -destroy, -target, -replace, -refresh-only."""
+
+    destroy: bool = False
+    targets: frozenset[str] = frozenset()
+    replace: frozenset[tuple[str, str]] = frozenset()  # (endpoint, served entity)
+    refresh_only: bool = False
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A plan and the world it was made against: what the refresh saw, as a saved plan
+    records it (`observed`, see `declare.plan.saved`), and as values (`actual`)."""
+
+    plan: Plan
+    observed: Mapping[str, Any]
+    actual: Actual
+
+
+def make_plan(project: Project, state: State, options: PlanOptions | None = None) -> Proposal:
+    """Every stage, from the manifests to the plan."""
+    opts = options or PlanOptions()
+    desired = () if opts.destroy else load_desired(project)
+    return plan_for(project, state, desired, opts)
+
+
+def plan_for(
+    project: Project,
+    state: State,
+    desired: tuple[DesiredEndpoint, ...],
+    options: PlanOptions | None = None,
+) -> Proposal:
+    """The stages after resolve: refresh, diff, narrowing by mode, building the plan."""
+    opts = options or PlanOptions()
+    actual = refresh(project, state, desired)
+    needs = builds(project, desired)
+    recorded_hash = state.gateway.settings_hash if state.gateway else None
+    changes = diff(desired, state, actual, recorded_hash, opts.replace)
+    _check_addresses(opts, desired, changes)
+    inp = _narrow(
+        PlanInput(
+            project=project.name,
+            changes=changes,
+            gateway=GatewayInput(
+                running=actual.gateway_running,
+                host=project.config.gateway_host,
+                port=project.config.gateway_port,
+                settings_hash=actual.gateway_settings_hash,
+                recorded_hash=recorded_hash,
+            ),
+            builds=needs,
+            orphans=actual.orphans,
+            destroy=opts.destroy,
+        ),
+        opts,
+        state,
+        bool(desired),
+    )
+    return Proposal(build_plan(inp), saved.observe(actual, needs), actual)
+
+
+def _check_addresses(
+    opts: PlanOptions, desired: tuple[DesiredEndpoint, ...], changes: tuple[EndpointChange, ...]
+) -> None:
+    """--replace and --target must name what exists."""
+    for endpoint, entity in sorted(opts.replace):
+        d = next((x for x in desired if x.spec.name == endpoint), None)
+        if d is None or all(e.name != entity for e in d.spec.entities):
+            raise ConfigError(
+                f"--replace {endpoint}/{entity}: no such served entity in the manifests"
+            )
+    known = {c.name for c in changes}
+    unknown = sorted(opts.targets - known)
+    if unknown:
+        raise ConfigError(
+            f"--target {', '.join(unknown)}: no such endpoint in the manifests or the "
+            f"state; endpoints: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) -> PlanInput:
+    """-target keeps the named endpoints (the others still serve, so the gateway stays);
+    -refresh-only keeps only what happened outside declare (dead replicas are forgotten)
+    and never starts, restarts or stops the gateway."""
+    if opts.targets:
+        inp = replace(
+            inp,
+            changes=tuple(c for c in inp.changes if c.name in opts.targets),
+            orphans=(),
+            gateway_needed=any_desired or any(n not in opts.targets for n in state.endpoints),
+        )
+    if opts.refresh_only:
+        inp = replace(
+            inp,
+            changes=tuple(_refresh_only(c) for c in inp.changes),
+            orphans=(),
+            gateway_needed=inp.gateway.running,
+            gateway=replace(inp.gateway, recorded_hash=None),
+        )
+    return inp
+
+
+def _refresh_only(c: EndpointChange) -> EndpointChange:
+    """Only what happened outside declare: dead replicas are forgotten; nothing restarts."""
+    if c.before is None:
+        return replace(c, kind=Change.NOOP, starts=(), stops=(), forgets=(), route_push=False)
+    return replace(
+        c,
+        kind=Change.UPDATE if c.forgets else Change.NOOP,
+        fields=(),
+        starts=(),
+        stops=(),
+        after=None,
+        route_push=False,
+        capacity_after=c.capacity_before,
+        capacity_peak=c.capacity_before,
+    )
+
+
+def saved_plan(project: Project, state: State, plan_file: Path) -> saved.PlanFile:
+    """The saved plan, if it still fits the state and what runs; else StaleStateError."""
+    loaded = saved.read(plan_file)
+    if loaded.project != project.name:
+        raise ConfigError(
+            f"{plan_file} was made for project {loaded.project!r}, this is {project.name!r}: "
+            "run apply in the folder the plan was made in, or give it as DIR"
+        )
+    desired = tuple(c.after for c in loaded.plan.changes if c.after is not None)
+    now = saved.observe(refresh(project, state, desired), builds(project, desired))
+    reasons = saved.stale_reasons(loaded, state, now)
+    if reasons:
+        raise StaleStateError(
+            f"the saved plan {plan_file} is stale; plan again. What changed since it was made:\n"
+            + "\n".join(f"  - {r}" for r in reasons)
+        )
+    return loaded

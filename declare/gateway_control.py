@@ -1,0 +1,49 @@
+"""The project's gateway as a detached process: `ProcessGateway` implements
+`declare.ports.GatewayControl` with `declare.gateway.process` (start, find, stop the
+process, files under `state_dir/gateway/`) and `declare.gateway.client` (its admin API).
+
+Does not push tables on its own: the apply ledger does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from declare.gateway.client import GatewayClient
+from declare.gateway.process import (
+    GatewayRecord,
+    gateway_running,
+    read_gateway_record,
+    start_gateway,
+    stop_gateway,
+)
+from declare.ports import GatewayAdmin, GatewaySettings
+
+
+class ProcessGateway:
+    """The gateway process of the project whose state folder is `state_dir`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def record(self) -> GatewayRecord | None:
+        return read_gateway_record(self.state_dir)
+
+    def admin(self) -> GatewayAdmin | None:
+        record = self.record()
+        if record is None or not gateway_running(record):
+            return None
+        return GatewayClient(record.base_url, record.admin_token())
+
+    def start(self, settings: GatewaySettings) -> None:
+        start_gateway(
+            self.state_dir,
+            host=settings.host,
+            port=settings.port,
+            auth_token=settings.auth_token,
+            max_body_bytes=settings.max_body_bytes,
+            queue_timeout=settings.queue_timeout_seconds,
+        )
+
+    def stop(self) -> None:
+        stop_gateway(self.state_dir)

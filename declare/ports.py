@@ -1,0 +1,121 @@
+"""The boundaries the engine and apply act through, besides providers and the state backend.
+
+    GatewayControl  the project's gateway process: start, stop, and its admin API when it runs
+    GatewayAdmin    a running gateway's admin API: routing table, drain, metrics
+    Probe           a replica's readiness, proven by a real prediction
+    Clock           time and sleeping (bakes, deadlines)
+
+Real implementations: `declare.gateway_control.ProcessGateway` (the gateway as a detached
+process, `declare.gateway.process` + `declare.gateway.client`), `declare.readiness.HttpProbe`
+and `SystemClock` below. Tests give the executor in-memory ones (tests/fakes.py). Also the
+gateway's settings as one value (`GatewaySettings`), whose hash the state records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol
+
+from declare.gateway.table import RoutingTable
+from declare.model import ReplicaHandle, ResolvedModel, canonical_json
+from declare.provider import Provider
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """How the gateway should run (declare.yaml and the token from the environment)."""
+
+    host: str
+    port: int
+    auth_token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 16 * 1024 * 1024
+    queue_timeout_seconds: float = 30.0
+
+    @property
+    def hash(self) -> str:
+        """What the state records: a change of any setting (or of the token) restarts it."""
+        token = self.auth_token
+        return hashlib.sha256(
+            canonical_json(
+                {
+                    "host": self.host,
+                    "port": self.port,
+                    "token": hashlib.sha256(token.encode()).hexdigest() if token else None,
+                    "max_body": self.max_body_bytes,
+                    "queue_timeout": self.queue_timeout_seconds,
+                }
+            ).encode()
+        ).hexdigest()[:16]
+
+
+class GatewayAdmin(Protocol):
+    """A running gateway's admin interface; every failure raises GatewayError."""
+
+    def put_table(self, table: RoutingTable) -> int: ...
+
+    def get_table(self) -> RoutingTable: ...
+
+    def drain(self, replica_ids: Sequence[str], timeout_seconds: float) -> bool: ...
+
+    def metrics(self, since: float | None = None) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> GatewayAdmin: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class GatewayControl(Protocol):
+    """The project's gateway: one per project, started by apply, outliving it."""
+
+    def admin(self) -> GatewayAdmin | None:
+        """A client of the running gateway's admin API, or None when none runs."""
+        ...
+
+    def start(self, settings: GatewaySettings) -> None:
+        """Start it and wait until it answers; GatewayError when it cannot."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it (requests in flight finish) and forget it; nothing when none runs."""
+        ...
+
+
+class Probe(Protocol):
+    def await_ready(
+        self, provider: Provider, handle: ReplicaHandle, model: ResolvedModel, timeout: float
+    ) -> float:
+        """Block until the replica answers a real prediction; the seconds it took.
+        ReplicaFailedError (with the cause from its log) when it dies or never answers."""
+        ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
