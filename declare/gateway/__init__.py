@@ -1,24 +1,29 @@
 """The gateway: declare's data plane, one long-running aiohttp process per project.
 
 It serves `POST /serving-endpoints/{name}/invocations` and the read-only Databricks management
-API from a routing table that declare pushes through the admin interface. It never reads
-manifests or state. See `table.py` for the routing table's shape.
+API from a routing table that declare (and the runtime that heals and autoscales endpoints)
+pushes through the admin interface, which also reports demand per served entity. It never
+reads manifests or state. See `table.py` for the routing table's shape.
 
 Modules:
     table       the routing table (the only thing declare sends)
     limits      rate limits: the values in the table and the fixed-window counters
     balance     pure choice of served entity and replica
     metrics     per endpoint/entity request counts and latency
+    demand      per entity inflight/held/peak/last request, and the runtime's long poll
+    eject       passive ejection: unreachable replicas skipped for `eject_seconds`
     config      the process's settings (GatewayConfig)
-    state       the state the handlers share: the live table, in-flight counts, metrics
+    state       the state the handlers share: the live table, in-flight counts, demand,
+                ejections, metrics
     responses   the Databricks-style error responses
-    dataplane   invocations: limits, body checks, entity/replica choice, one retry
+    hold        requests held for a replica instead of 503 (endpoint `hold_seconds`)
+    dataplane   invocations: limits, body checks, entity/replica choice, one retry, hold
     upstream    the pooled client session to the replicas
     management  the read-only management API and health
-    admin       the admin interface: table push/get, drain, metrics
+    admin       the admin interface: table push/get, drain, metrics, demand
     server      the aiohttp application: routes, auth, error mapping
     __main__    the process's command line
-    client      declare's synchronous admin client
+    client      the synchronous admin client (declare's apply, the runtime)
     process     start/find/stop the process
     echo        a trivial upstream for tests and benchmarks
 

@@ -58,6 +58,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=300.0,
         help="seconds to wait for a replica's response (then 504; not retried)",
     )
+    parser.add_argument(
+        "--hold-queue",
+        type=int,
+        default=1000,
+        help="most requests held per endpoint waiting for a replica (then 503 at once)",
+    )
+    parser.add_argument(
+        "--eject-seconds",
+        type=float,
+        default=2.0,
+        help="seconds an unreachable replica is skipped by picks (0: never skipped)",
+    )
+    parser.add_argument(
+        "--table-file",
+        type=Path,
+        default=None,
+        help="keep each pushed routing table here; loaded at start when present",
+    )
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
     parser.add_argument("--shutdown-grace", type=float, default=30.0)
@@ -102,6 +120,10 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         raise StartupError("--max-body-bytes must be positive", EXIT_USAGE)
     if args.queue_timeout <= 0 or args.upstream_timeout <= 0:
         raise StartupError("--queue-timeout and --upstream-timeout must be positive", EXIT_USAGE)
+    if args.hold_queue < 0:
+        raise StartupError("--hold-queue must be 0 or more", EXIT_USAGE)
+    if not 0 <= args.eject_seconds < float("inf"):
+        raise StartupError("--eject-seconds must be a number of seconds, 0 or more", EXIT_USAGE)
     return GatewayConfig(
         admin_token=read_admin_token(args.admin_token_file),
         auth_token=os.environ.get(AUTH_ENV) or None,
@@ -110,12 +132,19 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         upstream_timeout=args.upstream_timeout,
         pool_size=args.pool_size,
         pool_per_replica=args.pool_per_replica,
+        hold_queue=args.hold_queue,
+        eject_seconds=args.eject_seconds,
+        table_file=args.table_file,
     )
 
 
 async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> None:
     gateway = Gateway(config)
-    runner = web.AppRunner(gateway.make_app(), access_log=None, handle_signals=False)
+    # handler_cancellation: a request whose client went away is cancelled, so a held request
+    # (or one waiting for its replica) stops counting at once, as a proxy should.
+    runner = web.AppRunner(
+        gateway.make_app(), access_log=None, handle_signals=False, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=grace)
     try:
@@ -131,7 +160,7 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         loop.add_signal_handler(sig, stop.set)
     log.info(
         "gateway pid %d listening on http://%s:%d (auth %s, max body %d bytes, queue timeout "
-        "%g s, upstream timeout %g s)",
+        "%g s, upstream timeout %g s, hold queue %d per endpoint, eject %g s)",
         os.getpid(),
         host,
         port,
@@ -139,6 +168,8 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         config.max_body_bytes,
         config.queue_timeout,
         config.upstream_timeout,
+        config.hold_queue,
+        config.eject_seconds,
     )
     await stop.wait()
     log.info("stopping: letting requests in flight finish (up to %g s)", grace)

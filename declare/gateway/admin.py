@@ -1,9 +1,13 @@
 """The gateway's admin interface, which declare drives (header X-Declare-Admin-Token).
 
-    PUT  /_declare/admin/table     swap in a routing table (logged as one line)
+    PUT  /_declare/admin/table     swap in a routing table (logged as one line; kept in the
+                                   table file, which a gateway started again loads first)
     GET  /_declare/admin/table     the table in force
     POST /_declare/admin/drain     wait until replicas have no requests in flight
     GET  /_declare/admin/metrics   request metrics, optionally since a unix time
+    GET  /_declare/admin/demand    demand per served entity, for the runtime's autoscaling:
+                                   ?wait=S (0-30) answers early when a request becomes held
+                                   or a replica cannot be reached (see demand.py)
 
 Each handler validates its input and answers 400 with what is wrong. The admin token is
 checked by the middleware in `server.py`, not here; this module never serves end users.
@@ -14,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from aiohttp import web
 
+from declare.gateway.demand import parse_wait
 from declare.gateway.responses import error_response
 from declare.gateway.state import GatewayState
 from declare.gateway.table import RoutingTable
@@ -25,11 +32,33 @@ from declare.gateway.table import RoutingTable
 log = logging.getLogger("declare.gateway")
 
 
+def keep_table(path: Path, data: object) -> None:
+    """Write the table pushed last to `path` (atomically); a failure is logged only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("the routing table could not be kept in %s: %s", path, exc)
+
+
+def kept_table(path: Path | None) -> RoutingTable | None:
+    """The table `keep_table` wrote, or None (no file, or one that does not parse)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return RoutingTable.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        log.warning("the kept routing table %s is not used: %s", path, exc)
+        return None
+
+
 class AdminApi:
     """The admin handlers, over the shared state: the only writer of its live table."""
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: GatewayState, table_file: Path | None = None) -> None:
         self._state = state
+        self._table_file = table_file
 
     async def put_table(self, request: web.Request) -> web.Response:
         try:
@@ -42,6 +71,8 @@ class AdminApi:
             return error_response(400, "INVALID_PARAMETER_VALUE", f"invalid routing table: {exc}")
         previous = self._state.table.version
         self._state.set_table(table)
+        if self._table_file is not None:
+            keep_table(self._table_file, data)
         log.info(
             "routing table v%d -> v%d: %s",
             previous,
@@ -99,3 +130,11 @@ class AdminApi:
         report = self._state.metrics.report(since)
         report["table_version"] = self._state.table.version
         return web.json_response(report)
+
+    async def demand(self, request: web.Request) -> web.Response:
+        wait = parse_wait(request.query.get("wait"))
+        if isinstance(wait, str):
+            return error_response(400, "INVALID_PARAMETER_VALUE", wait)
+        state = self._state
+        await state.demand.wait(wait)
+        return web.json_response(state.demand.report(state.live.compiled, state.ejections.active()))

@@ -1,9 +1,10 @@
-"""Synchronous client of the gateway's admin interface, for declare's apply.
+"""Synchronous client of the gateway's admin interface, for declare's apply and the runtime.
 
-`GatewayClient(base_url, admin_token)` pushes and reads routing tables, drains replicas and
-reads metrics. Every failure (not reachable, refused, an answer that is not what it should
-be) raises `declare.errors.GatewayError` saying what was asked of which gateway. It does not
-start or stop the gateway: see `declare.gateway.process`.
+`GatewayClient(base_url, admin_token)` pushes and reads routing tables, drains replicas,
+reads metrics and reads demand (optionally as a long poll, for the runtime). Every failure
+(not reachable, refused, an answer that is not what it should be) raises
+`declare.errors.GatewayError` saying what was asked of which gateway. It does not start or
+stop the gateway: see `declare.gateway.process`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from declare.gateway.table import RoutingTable
 
 
 class GatewayClient:
+    """One gateway's admin interface over a pooled httpx client (close it, or use `with`)."""
+
     def __init__(self, base_url: str, admin_token: str, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
@@ -123,5 +126,19 @@ class GatewayClient:
         params = {"since": repr(since)} if since is not None else None
         result: dict[str, Any] = self._call(
             "GET", "/_declare/admin/metrics", "read metrics", params=params
+        )
+        return result
+
+    def demand(self, wait: float = 0.0) -> dict[str, Any]:
+        """Demand per served entity (inflight, held, peak, last_request_at, ejected); the
+        gateway then restarts every peak. With `wait` > 0 (at most 30), the answer comes as
+        soon as a request becomes held or a replica cannot be reached, or after `wait` s."""
+        params = {"wait": repr(float(wait))} if wait > 0 else None
+        result: dict[str, Any] = self._call(
+            "GET",
+            "/_declare/admin/demand",
+            "read demand",
+            params=params,
+            timeout=max(wait, 0.0) + self._timeout,
         )
         return result

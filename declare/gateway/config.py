@@ -8,6 +8,7 @@ holds no state; `declare.gateway.server` re-exports `GatewayConfig`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from declare.gateway import MAX_BODY_BYTES
 from declare.gateway.metrics import DEFAULT_CAPACITY
@@ -15,7 +16,7 @@ from declare.gateway.metrics import DEFAULT_CAPACITY
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """The settings of one gateway process (tokens, limits, timeouts, pool sizes)."""
+    """The settings of one gateway process (tokens, limits, timeouts, pool sizes, holding)."""
 
     admin_token: str
     auth_token: str | None = None
@@ -28,3 +29,8 @@ class GatewayConfig:
     keepalive_seconds: float = 4.0  # below uvicorn's 5 s, so a pooled socket is never stale
     retry_after_seconds: int = 1
     metrics_capacity: int = DEFAULT_CAPACITY
+    hold_queue: int = 1000  # most requests held per endpoint waiting for a replica (hold.py)
+    eject_seconds: float = 2.0  # an unreachable replica is skipped this long (eject.py)
+    # where each pushed table is kept, so that a gateway started again (after a crash)
+    # routes at once as before instead of knowing no endpoint until the next push
+    table_file: Path | None = None

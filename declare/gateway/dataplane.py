@@ -2,9 +2,13 @@
 
 Per request, in this order: the endpoint's rate limits (429 with Retry-After), the body
 checks (Content-Type JSON or CSV, size, a JSON body must be an object), the choice of served
-entity and replica (`balance.py`), and the forward to that replica with one retry on another
-replica when the first could not be reached (`upstream.py`). Every request to a known
-endpoint is then one sample of the metrics, and every error one warning in the log.
+entity and replica (`balance.py`, skipping ejected replicas: `eject.py`), and the forward to
+that replica with one retry on another replica when the first could not be reached
+(`upstream.py`); that replica is ejected for `eject_seconds`. When the entity has no replica
+to pick and the endpoint's `hold_seconds` is above 0, the request is held until one appears
+(`hold.py`), also after a failed connection that left no other replica. Every request to a
+known endpoint is then one sample of the metrics, and every error one warning in the log;
+the demand per entity (`demand.py`) is counted as it goes.
 
 It reads the routing table once per request (`state.live`), so a request keeps the table it
 started with. It does not authenticate (the middleware in `server.py` does) and serves
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Mapping
@@ -24,7 +27,15 @@ from aiohttp import web
 
 from declare.gateway.balance import CompiledEndpoint, fallback_entities, pick_entity, pick_replica
 from declare.gateway.config import GatewayConfig
-from declare.gateway.responses import error_response, no_such_endpoint, too_large, unavailable
+from declare.gateway.demand import EntityDemand
+from declare.gateway.hold import HoldQueue, Picked
+from declare.gateway.responses import (
+    error_response,
+    no_such_endpoint,
+    rate_limited,
+    too_large,
+    unavailable,
+)
 from declare.gateway.state import GatewayState, Live
 from declare.gateway.table import ReplicaTarget
 from declare.gateway.upstream import ConnectFailed, Upstream
@@ -38,8 +49,9 @@ CSV_TYPES = frozenset({"text/csv"})
 class DataPlane:
     """The invocations handler, over the shared state and the upstream session.
 
-    Holds the state's never-replaced parts (in-flight counts, cursors, metrics, limiter)
-    directly, and reads the replaceable `state.live` once per request.
+    Holds the state's never-replaced parts (in-flight counts, demand records, ejections,
+    metrics, limiter) directly, and reads the replaceable `state.live` once per request.
+    Owns the queue of held requests (`holds`).
     """
 
     def __init__(
@@ -51,7 +63,9 @@ class DataPlane:
     ) -> None:
         self._state = state
         self._inflight = state.inflight
-        self._cursors = state.cursors
+        self._demand = state.demand
+        self._records = state.demand.entities
+        self._ejections = state.ejections
         self._metrics = state.metrics
         self._limiter = state.limiter
         self._send = upstream.send
@@ -59,6 +73,7 @@ class DataPlane:
         self._retry_after = retry_after
         # The caller: the bearer token when auth is on (the only one that passes), else anyone.
         self._caller = "token" if config.auth_token else "anonymous"
+        self.holds = HoldQueue(state, self._pick, config.hold_queue, retry_after)
 
     async def invocations(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -95,39 +110,14 @@ class DataPlane:
         if not limits:
             return None
         wait = self._limiter.admit(endpoint.table.name, limits, self._caller)
-        if wait is None:
-            return None
-        shown = ", ".join(f"{r.calls} calls per {r.renewal_period} ({r.key})" for r in limits)
-        return error_response(
-            429,
-            "REQUEST_LIMIT_EXCEEDED",
-            f"serving endpoint {endpoint.table.name!r} is over its rate limit ({shown}); "
-            f"retry in {math.ceil(wait)} s",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        return None if wait is None else rate_limited(endpoint.table.name, limits, wait)
 
     async def _invoke(
         self, request: web.Request, live: Live, endpoint: CompiledEndpoint
     ) -> tuple[web.Response, str | None]:
-        mime = request.content_type
-        if mime not in JSON_TYPES and mime not in CSV_TYPES:
-            shown = request.headers.get("Content-Type", "none")
-            return error_response(
-                415,
-                "BAD_REQUEST",
-                f"unsupported Content-Type {shown!r}; send application/json or text/csv",
-            ), None
-        size = request.content_length
-        if size is not None and size > self._max_body_bytes:
-            return too_large(self._max_body_bytes, size), None
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return too_large(self._max_body_bytes, None), None
-        if mime in JSON_TYPES:
-            problem = json_problem(body)
-            if problem is not None:
-                return error_response(400, "BAD_REQUEST", problem), None
+        body = await read_body(request, self._max_body_bytes)
+        if isinstance(body, web.Response):
+            return body, None
         entity = pick_entity(endpoint, random.random())
         if entity is None:
             return unavailable(
@@ -136,50 +126,157 @@ class DataPlane:
         content_type = request.headers["Content-Type"]
         return await self._forward(live, endpoint, entity, body, content_type)
 
-    def _next_replica(
-        self, endpoint: CompiledEndpoint, entity: str, exclude: frozenset[str] = frozenset()
+    def _pick(
+        self,
+        endpoint: CompiledEndpoint,
+        entity: str,
+        demand: EntityDemand,
+        exclude: frozenset[str] = frozenset(),
     ) -> ReplicaTarget | None:
-        key = (endpoint.table.name, entity)
-        cursor = self._cursors.get(key, 0)
-        self._cursors[key] = cursor + 1
+        """The replica of `entity` to use, skipping `exclude` and the ejected ones."""
+        cursor = demand.cursor
+        demand.cursor = cursor + 1
+        ejections = self._ejections
+        if ejections.until:
+            exclude = ejections.excluding(exclude)
         return pick_replica(endpoint.replicas(entity), self._inflight, cursor, exclude)
 
     async def _forward(
         self, live: Live, endpoint: CompiledEndpoint, entity: str, body: bytes, content_type: str
     ) -> tuple[web.Response, str]:
-        """Send to a replica of `entity`; when it cannot be reached, once more elsewhere."""
+        """Send to a replica of `entity` (held for one when it has none and the endpoint
+        holds); when it cannot be reached, once more elsewhere."""
         name = endpoint.table.name
-        replica = self._next_replica(endpoint, entity)
+        demand = self._records.get((name, entity)) or self._demand.get(name, entity)
+        demand.last_request_at = time.time()
+        replica = self._pick(endpoint, entity, demand)
         if replica is None:
+            picked = await self._unpicked(live, endpoint, entity)
+            if not isinstance(picked, Picked):
+                return picked, entity
+            live, endpoint, entity, demand, replica = picked
+        try:
+            return await self._send(live, replica, demand, entity, body, content_type), entity
+        except ConnectFailed as exc:
+            self._unreachable(name, entity, replica, exc)
+            first = str(exc)
+        return await self._retry(live, endpoint, entity, replica, first, body, content_type)
+
+    async def _unpicked(
+        self, live: Live, endpoint: CompiledEndpoint, entity: str
+    ) -> Picked | web.Response:
+        """`entity` has no replica to pick. When all of its replicas are ejected, one of
+        another routed entity (as after a failed connection); else one that a push brings,
+        when the endpoint holds; else 503."""
+        if endpoint.replicas(entity):
+            target = self._fallback(endpoint, entity, frozenset())
+            if target is not None:
+                return Picked(live, endpoint, *target)
+        hold = endpoint.table.hold_seconds if self.holds.limit > 0 else 0.0
+        if hold <= 0:
+            message = no_replica(endpoint, entity, self._ejections.seconds)
+            return unavailable(message, self._retry_after)
+        return await self.holds.hold(endpoint.table.name, entity, hold)
+
+    async def _retry(
+        self,
+        live: Live,
+        endpoint: CompiledEndpoint,
+        entity: str,
+        replica: ReplicaTarget,
+        first: str,
+        body: bytes,
+        content_type: str,
+    ) -> tuple[web.Response, str]:
+        """After `replica` could not be reached: another replica of `entity` or of another
+        routed entity, else (when the endpoint holds) the next replica `entity` gets."""
+        name = endpoint.table.name
+        failed = frozenset({replica.id})
+        target = self._fallback(endpoint, entity, failed)
+        hold = endpoint.table.hold_seconds if self.holds.limit > 0 else 0.0
+        if target is None and hold > 0:
+            held = await self.holds.hold(name, entity, hold, failed)
+            if not isinstance(held, Picked):
+                return held, entity
+            live, target = held.live, (held.entity, held.demand, held.replica)
+        if target is None:
             return unavailable(
-                f"served entity {entity!r} of endpoint {name!r} has no ready replica",
+                f"replica {replica.id} of endpoint {name!r} could not be reached ({first}) "
+                "and no other replica is ready",
                 self._retry_after,
             ), entity
+        candidate, demand, other = target
         try:
-            return await self._send(live, replica, entity, body, content_type), entity
-        except ConnectFailed as exc:
-            self._metrics.record_connection_failure(name, entity)
-            log.warning("replica %s of %s/%s unreachable: %s", replica.id, name, entity, exc)
-            first = str(exc)
-            failed = frozenset({replica.id})
+            return await self._send(live, other, demand, candidate, body, content_type), candidate
+        except ConnectFailed as second:
+            self._unreachable(name, candidate, other, second)
+            return unavailable(
+                f"replicas {replica.id} and {other.id} of endpoint {name!r} could not be "
+                f"reached ({second})",
+                self._retry_after,
+            ), candidate
+
+    def _fallback(
+        self, endpoint: CompiledEndpoint, entity: str, failed: frozenset[str]
+    ) -> tuple[str, EntityDemand, ReplicaTarget] | None:
+        """The first replica not in `failed` of `entity`, then of the other routed entities."""
+        name = endpoint.table.name
         for candidate in fallback_entities(endpoint, entity):
-            other = self._next_replica(endpoint, candidate, exclude=failed)
-            if other is None:
-                continue
-            try:
-                return await self._send(live, other, candidate, body, content_type), candidate
-            except ConnectFailed as second:
-                self._metrics.record_connection_failure(name, candidate)
-                return unavailable(
-                    f"replicas {replica.id} and {other.id} of endpoint {name!r} could not be "
-                    f"reached ({second})",
-                    self._retry_after,
-                ), candidate
-        return unavailable(
-            f"replica {replica.id} of endpoint {name!r} could not be reached ({first}) and no "
-            "other replica is ready",
-            self._retry_after,
-        ), entity
+            demand = self._demand.get(name, candidate)
+            other = self._pick(endpoint, candidate, demand, failed)
+            if other is not None:
+                return candidate, demand, other
+        return None
+
+    def _unreachable(
+        self, name: str, entity: str, replica: ReplicaTarget, exc: ConnectFailed
+    ) -> None:
+        """Count the failed connection, eject the replica and wake the runtime's long poll."""
+        self._metrics.record_connection_failure(name, entity)
+        ejected = self._ejections.eject(replica.id)
+        self._demand.notify()
+        log.warning(
+            "replica %s of %s/%s unreachable%s: %s",
+            replica.id,
+            name,
+            entity,
+            f" (skipped for {self._ejections.seconds:g} s)" if ejected else "",
+            exc,
+        )
+
+
+def no_replica(endpoint: CompiledEndpoint, entity: str, eject_seconds: float) -> str:
+    """Why `entity` has no replica to pick, for its 503."""
+    replicas = endpoint.replicas(entity)
+    message = f"served entity {entity!r} of endpoint {endpoint.table.name!r} has no ready replica"
+    if replicas:  # then every one of them is ejected
+        ids = ", ".join(r.id for r in replicas)
+        message += f" ({ids} could not be reached: skipped for up to {eject_seconds:g} s)"
+    return message
+
+
+async def read_body(request: web.Request, max_body_bytes: int) -> bytes | web.Response:
+    """The request's body, or the 4xx when its type, size or JSON is not acceptable."""
+    mime = request.content_type
+    if mime not in JSON_TYPES and mime not in CSV_TYPES:
+        shown = request.headers.get("Content-Type", "none")
+        return error_response(
+            415,
+            "BAD_REQUEST",
+            f"unsupported Content-Type {shown!r}; send application/json or text/csv",
+        )
+    size = request.content_length
+    if size is not None and size > max_body_bytes:
+        return too_large(max_body_bytes, size)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return too_large(max_body_bytes, None)
+    if mime in JSON_TYPES:
+        problem = json_problem(body)
+        if problem is not None:
+            return error_response(400, "BAD_REQUEST", problem)
+    return body
 
 
 _JSON_KINDS = {

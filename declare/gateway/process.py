@@ -32,6 +32,7 @@ from declare.gateway.client import GatewayClient
 
 RECORD_NAME = "gateway.json"
 TOKEN_NAME = "admin-token"
+TABLE_NAME = "table.json"  # the table pushed last: a gateway started again loads it
 LOG_NAME = "gateway.log"
 # The directory holding the `declare` package, for PYTHONPATH (a source checkout too).
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -51,6 +52,8 @@ class GatewayRecord:
     queue_timeout: float = 30.0
     upstream_timeout: float = 300.0
     auth: bool = False  # whether end users need a bearer token (the token is not recorded)
+    hold_queue: int = 1000  # most requests held per endpoint waiting for a replica
+    eject_seconds: float = 2.0  # how long an unreachable replica is skipped
 
     @property
     def base_url(self) -> str:
@@ -79,6 +82,8 @@ class GatewayRecord:
             "queue_timeout": self.queue_timeout,
             "upstream_timeout": self.upstream_timeout,
             "auth": self.auth,
+            "hold_queue": self.hold_queue,
+            "eject_seconds": self.eject_seconds,
         }
 
     @classmethod
@@ -94,6 +99,8 @@ class GatewayRecord:
             queue_timeout=float(data.get("queue_timeout", 30.0)),
             upstream_timeout=float(data.get("upstream_timeout", 300.0)),
             auth=bool(data.get("auth", False)),
+            hold_queue=int(data.get("hold_queue", 1000)),
+            eject_seconds=float(data.get("eject_seconds", 2.0)),
         )
 
 
@@ -170,8 +177,13 @@ def start_gateway(
     queue_timeout: float = 30.0,
     upstream_timeout: float = 300.0,
     startup_timeout: float = 20.0,
+    *,
+    hold_queue: int = 1000,
+    eject_seconds: float = 2.0,
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
+
+    `hold_queue` and `eject_seconds` are the process's `--hold-queue` and `--eject-seconds`.
 
     Raises GatewayError when a gateway of this project already runs, when the port is taken
     by another program, or when the process exits or stays silent at start-up (with the tail
@@ -184,6 +196,8 @@ def start_gateway(
     _write_private(token_file, secrets.token_urlsafe(32))
     log_path = directory / LOG_NAME
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
+    argv += ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
+    argv += ["--table-file", str(directory / TABLE_NAME)]
     offset = log_path.stat().st_size if log_path.exists() else 0
     try:
         proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
@@ -201,6 +215,8 @@ def start_gateway(
         queue_timeout=queue_timeout,
         upstream_timeout=upstream_timeout,
         auth=bool(auth_token),
+        hold_queue=hold_queue,
+        eject_seconds=float(eject_seconds),
     )
     _write_record(directory / RECORD_NAME, record)
     return record
@@ -298,6 +314,6 @@ def stop_gateway(state_dir: Path, grace_seconds: float = 30.0) -> bool:
     was_running = procs.is_running(record.process)
     procs.stop(record.process, grace_seconds=grace_seconds)
     directory = gateway_dir(state_dir)
-    for name in (RECORD_NAME, TOKEN_NAME):
+    for name in (RECORD_NAME, TOKEN_NAME, TABLE_NAME):
         (directory / name).unlink(missing_ok=True)
     return was_running

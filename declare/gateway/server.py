@@ -8,7 +8,8 @@ Public (bearer auth when `auth_token` is set):
 No auth:
     GET  /_declare/health
 Admin (header X-Declare-Admin-Token):
-    PUT|GET /_declare/admin/table, POST /_declare/admin/drain, GET /_declare/admin/metrics
+    PUT|GET /_declare/admin/table, POST /_declare/admin/drain, GET /_declare/admin/metrics,
+    GET /_declare/admin/demand[?wait=S]   demand per served entity (for the runtime)
 
 Every error is JSON `{"error_code", "message"}` in the Databricks style, and no input ends
 the process. The routing table is held as one reference: a push replaces it in a single
@@ -16,11 +17,13 @@ assignment, and a request keeps the table it started with.
 
 The parts, sharing one `GatewayState` (state.py):
     dataplane.py    invocations: limits, body checks, entity/replica choice, one retry
+    hold.py         requests held for a replica instead of 503 (endpoint `hold_seconds`)
     upstream.py     the pooled client session to the replicas
     management.py   the read-only management API and health
-    admin.py        table push/get, drain, metrics
+    admin.py        table push/get, drain, metrics, demand
 This module builds them, adds the routes and holds the middleware (authentication, and
-errors that escape a handler). It does not parse command lines, pick an event loop or write
+errors that escape a handler). At shutdown, held requests answer 503 and demand long polls
+answer at once. It does not parse command lines, pick an event loop or write
 logs anywhere: see `__main__.py`. It never reads manifests or declare's state.
 `GatewayConfig`, `describe_endpoint` and `error_response` are importable from here.
 """
@@ -34,7 +37,7 @@ from hmac import compare_digest
 from aiohttp import web
 
 from declare.gateway import ADMIN_HEADER
-from declare.gateway.admin import AdminApi
+from declare.gateway.admin import AdminApi, kept_table
 from declare.gateway.config import GatewayConfig
 from declare.gateway.dataplane import DataPlane
 from declare.gateway.management import ManagementApi, describe_endpoint
@@ -63,12 +66,15 @@ class Gateway:
         if not config.admin_token:
             raise ValueError("the admin token must not be empty")
         self.config = config
-        self.state = GatewayState(config.metrics_capacity)
+        self.state = GatewayState(config.metrics_capacity, eject_seconds=config.eject_seconds)
         retry_after = {"Retry-After": str(config.retry_after_seconds)}
         self.upstream = Upstream(config, self.state.inflight, retry_after)
         self.data_plane = DataPlane(config, self.state, self.upstream, retry_after)
         self.management = ManagementApi(self.state)
-        self.admin = AdminApi(self.state)
+        self.admin = AdminApi(self.state, config.table_file)
+        kept = kept_table(config.table_file)
+        if kept is not None:
+            self.state.set_table(kept)
         self._bearer = f"Bearer {config.auth_token}" if config.auth_token else None
 
     @property
@@ -91,9 +97,16 @@ class Gateway:
         routes.add_get("/_declare/admin/table", self.admin.get_table)
         routes.add_post("/_declare/admin/drain", self.admin.drain)
         routes.add_get("/_declare/admin/metrics", self.admin.metrics)
+        routes.add_get("/_declare/admin/demand", self.admin.demand)
         app.on_startup.append(self.upstream.open)
+        app.on_shutdown.append(self._release_waiters)
         app.on_cleanup.append(self.upstream.close)
         return app
+
+    async def _release_waiters(self, _app: web.Application) -> None:
+        """Held requests answer 503 and demand long polls answer, so shutdown need not wait."""
+        self.data_plane.holds.close()
+        self.state.demand.close()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

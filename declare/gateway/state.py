@@ -3,8 +3,10 @@
 `GatewayState` is the one object that the data plane, the management API and the admin
 interface share. The routing table is held as one `Live` reference: a push builds a new
 `Live` and replaces it in a single assignment, so a request that read `state.live` keeps the
-table it started with. The in-flight counts, round-robin cursors, metrics and limiter are
-created once and never replaced, so a handler may hold them directly.
+table it started with. The in-flight counts per replica, the demand per entity (with its
+round-robin cursor: `demand.py`), the ejected replicas (`eject.py`), metrics and limiter are
+created once and never replaced, so a handler may hold them directly. Parts that must hear
+of a push (the held requests, `hold.py`) register in `on_table`.
 
 This module does no I/O and serves no HTTP, and it does not choose entities or replicas
 (see `balance.py`).
@@ -12,12 +14,14 @@ This module does no I/O and serves no HTTP, and it does not choose entities or r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from yarl import URL
 
 from declare.gateway.balance import CompiledTable, compile_table
+from declare.gateway.demand import DemandBoard, table_keys
+from declare.gateway.eject import Ejections
 from declare.gateway.limits import RateLimiter
 from declare.gateway.metrics import DEFAULT_CAPACITY, Metrics
 from declare.gateway.table import RoutingTable
@@ -48,33 +52,34 @@ def build_live(table: RoutingTable) -> Live:
 
 
 class GatewayState:
-    """The live table, requests in flight per replica, round-robin cursors, metrics, limiter.
+    """The live table, requests in flight per replica, demand per entity, ejections,
+    metrics, limiter.
 
     Only `set_table` replaces `live`; the other attributes are the same objects for the
     process's lifetime. Not thread-safe: the gateway runs one event loop.
     """
 
-    def __init__(self, metrics_capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, metrics_capacity: int = DEFAULT_CAPACITY, eject_seconds: float = 2.0
+    ) -> None:
         self.live = build_live(RoutingTable.empty())
         self.inflight: dict[str, int] = {}  # replica id -> requests in flight
-        self.cursors: dict[tuple[str, str], int] = {}  # (endpoint, entity) -> round-robin
+        self.demand = DemandBoard()  # (endpoint, entity) -> counts and round-robin cursor
+        self.ejections = Ejections(eject_seconds)
         self.metrics = Metrics(metrics_capacity)
         self.limiter = RateLimiter()
+        self.on_table: list[Callable[[CompiledTable], None]] = []  # told of every push
 
     @property
     def table(self) -> RoutingTable:
         return self.live.compiled.table
 
     def set_table(self, table: RoutingTable) -> None:
-        """Swap in `table`; forget the cursors and rate-limit counters it no longer routes."""
+        """Swap in `table`; forget the idle demand records (and so the cursors) and the
+        rate-limit counters it no longer routes, then tell `on_table`."""
         live = build_live(table)
         self.live = live  # the swap: one reference assignment
-        keep = {
-            (ep, ent)
-            for ep, compiled in live.compiled.endpoints.items()
-            for ent in compiled.entities
-        }
-        cursors = self.cursors
-        for key in [k for k in cursors if k not in keep]:
-            del cursors[key]
+        self.demand.forget_except(table_keys(live.compiled))
         self.limiter.forget_except(live.compiled.endpoints)
+        for listener in self.on_table:
+            listener(live.compiled)

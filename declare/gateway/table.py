@@ -17,6 +17,9 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
           "rate_limits": [                 # optional: Databricks rate limits the gateway
             {"calls": 100, "key": "endpoint", "renewal_period": "minute"}  # enforces (429)
           ],
+          "hold_seconds": 60,              # optional, default 0: how long a request whose
+                                           # entity has no usable replica waits for one
+                                           # (then 503); 0 answers 503 at once
           "description": {...}             # the endpoint in the Databricks GET shape: name,
                                            # state.ready, state.config_update, config,
                                            # pending_config, tags; served as-is by the
@@ -25,12 +28,15 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
       }
     }
 
-An entity with no replicas is routed but not ready: its share of requests gets 503.
-Parsing validates the shape and raises ValueError with what is wrong.
+An entity with no replicas is routed but not ready: its share of requests gets 503, or waits
+up to `hold_seconds` for a push that gives it a replica (see `hold.py`).
+Parsing validates the shape and raises ValueError with what is wrong. This module holds
+values only: it does no I/O and keeps no counters.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,18 +46,23 @@ from declare.model.limits import RateLimit
 
 @dataclass(frozen=True)
 class ReplicaTarget:
+    """One ready replica: its id (unique in the table) and base URL."""
+
     id: str
     url: str
 
 
 @dataclass(frozen=True)
 class EndpointTable:
+    """One endpoint of the table: routes, replicas per entity, limits, hold, description."""
+
     name: str
     routes: tuple[tuple[str, int], ...]  # (served entity name, percentage)
     entities: Mapping[str, tuple[ReplicaTarget, ...]]
     description: Mapping[str, Any] = field(default_factory=dict)
     served_names: Mapping[str, str] = field(default_factory=dict)  # entity key -> served name
     rate_limits: tuple[RateLimit, ...] = ()
+    hold_seconds: float = 0.0  # how long a request waits for a replica of its entity
 
     def served_name(self, key: str) -> str:
         return self.served_names.get(key, key)
@@ -72,12 +83,15 @@ class EndpointTable:
                 for name, replicas in self.entities.items()
             },
             **({"rate_limits": limits} if limits else {}),
+            **({"hold_seconds": self.hold_seconds} if self.hold_seconds > 0 else {}),
             "description": dict(self.description),
         }
 
 
 @dataclass(frozen=True)
 class RoutingTable:
+    """The whole table: a version and the endpoints by name."""
+
     version: int
     endpoints: Mapping[str, EndpointTable]
 
@@ -101,42 +115,83 @@ class RoutingTable:
         raw_eps = data.get("endpoints", {})
         if not isinstance(raw_eps, dict):
             raise ValueError("endpoints must be an object")
-        endpoints: dict[str, EndpointTable] = {}
-        for name, ep in raw_eps.items():
-            if not isinstance(ep, dict):
-                raise ValueError(f"endpoints.{name} must be an object")
-            routes: list[tuple[str, int]] = []
-            for i, r in enumerate(ep.get("routes", [])):
-                try:
-                    routes.append((str(r["served_entity_name"]), int(r["traffic_percentage"])))
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"endpoints.{name}.routes[{i}] is malformed") from exc
-            if routes and sum(p for _, p in routes) != 100:
-                raise ValueError(f"endpoints.{name}.routes percentages must sum to 100")
-            entities: dict[str, tuple[ReplicaTarget, ...]] = {}
-            served_names: dict[str, str] = {}
-            for ent, body in (ep.get("entities") or {}).items():
-                try:
-                    entities[ent] = tuple(
-                        ReplicaTarget(str(x["id"]), str(x["url"])) for x in body["replicas"]
-                    )
-                    if body.get("served_name") is not None:
-                        served_names[ent] = str(body["served_name"])
-                except (KeyError, TypeError, AttributeError) as exc:
-                    raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
-            desc = ep.get("description") or {}
-            if not isinstance(desc, dict):
-                raise ValueError(f"endpoints.{name}.description must be an object")
-            raw_limits = ep.get("rate_limits") or []
-            if not isinstance(raw_limits, list):
-                raise ValueError(f"endpoints.{name}.rate_limits must be a list")
-            limits: list[RateLimit] = []
-            for i, raw in enumerate(raw_limits):
-                try:
-                    limits.append(RateLimit.from_json(raw))
-                except ValueError as exc:
-                    raise ValueError(f"endpoints.{name}.rate_limits[{i}]: {exc}") from None
-            endpoints[name] = EndpointTable(
-                name, tuple(routes), entities, desc, served_names, tuple(limits)
-            )
+        endpoints = {name: parse_endpoint(name, ep) for name, ep in raw_eps.items()}
         return cls(version=version, endpoints=endpoints)
+
+
+def parse_endpoint(name: str, ep: Any) -> EndpointTable:
+    """One endpoint of the table's JSON; ValueError saying what is wrong."""
+    if not isinstance(ep, dict):
+        raise ValueError(f"endpoints.{name} must be an object")
+    desc = ep.get("description") or {}
+    if not isinstance(desc, dict):
+        raise ValueError(f"endpoints.{name}.description must be an object")
+    entities, served_names = _parse_entities(name, ep.get("entities") or {})
+    return EndpointTable(
+        name,
+        _parse_routes(name, ep.get("routes", [])),
+        entities,
+        desc,
+        served_names,
+        _parse_limits(name, ep.get("rate_limits") or []),
+        hold_seconds=parse_hold_seconds(name, ep.get("hold_seconds")),
+    )
+
+
+def _parse_routes(name: str, raw: Any) -> tuple[tuple[str, int], ...]:
+    routes: list[tuple[str, int]] = []
+    for i, r in enumerate(raw):
+        try:
+            routes.append((str(r["served_entity_name"]), int(r["traffic_percentage"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"endpoints.{name}.routes[{i}] is malformed") from exc
+    if routes and sum(p for _, p in routes) != 100:
+        raise ValueError(f"endpoints.{name}.routes percentages must sum to 100")
+    return tuple(routes)
+
+
+def _parse_entities(
+    name: str, raw: Any
+) -> tuple[dict[str, tuple[ReplicaTarget, ...]], dict[str, str]]:
+    entities: dict[str, tuple[ReplicaTarget, ...]] = {}
+    served_names: dict[str, str] = {}
+    try:
+        items = list(raw.items())
+    except AttributeError as exc:
+        raise ValueError(f"endpoints.{name}.entities must be an object") from exc
+    for ent, body in items:
+        try:
+            entities[ent] = tuple(
+                ReplicaTarget(str(x["id"]), str(x["url"])) for x in body["replicas"]
+            )
+            if body.get("served_name") is not None:
+                served_names[ent] = str(body["served_name"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
+    return entities, served_names
+
+
+def _parse_limits(name: str, raw: Any) -> tuple[RateLimit, ...]:
+    if not isinstance(raw, list):
+        raise ValueError(f"endpoints.{name}.rate_limits must be a list")
+    limits: list[RateLimit] = []
+    for i, item in enumerate(raw):
+        try:
+            limits.append(RateLimit.from_json(item))
+        except ValueError as exc:
+            raise ValueError(f"endpoints.{name}.rate_limits[{i}]: {exc}") from None
+    return tuple(limits)
+
+
+def parse_hold_seconds(name: str, raw: Any) -> float:
+    """`hold_seconds` of endpoint `name`: a finite number >= 0; absent or null is 0."""
+    if raw is None:
+        return 0.0
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, int | float)
+        or not math.isfinite(raw)
+        or raw < 0
+    ):
+        raise ValueError(f"endpoints.{name}.hold_seconds must be a number >= 0, got {raw!r}")
+    return float(raw)

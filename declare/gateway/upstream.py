@@ -1,14 +1,15 @@
 """Sending one invocation to one replica over the gateway's pooled client session.
 
 `Upstream` owns the aiohttp client session to all replicas (opened at application start-up,
-closed at clean-up) and keeps each replica's count of requests in flight while a request is
-on it. `send` turns every failure of the replica into the response the client gets (503 when
-no pooled connection was free in time, 504 when the replica did not answer in time, 502 when
-it failed), except a failure before the replica sent anything, which raises `ConnectFailed`
-so that the caller may retry elsewhere.
+closed at clean-up) and, while a request is on a replica, keeps the replica's count of
+requests in flight and its entity's (`EntityDemand.inflight` and peak: `demand.py`). `send`
+turns every failure of the replica into the response the client gets (503 when no pooled
+connection was free in time, 504 when the replica did not answer in time, 502 when it
+failed), except a failure before the replica sent anything, which raises `ConnectFailed` so
+that the caller may retry elsewhere (and eject the replica: `eject.py`).
 
-This module does not choose replicas, retry, check request bodies or record metrics: see
-`dataplane.py`.
+This module does not choose replicas, retry, hold, check request bodies or record metrics:
+see `dataplane.py`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from declare.gateway.config import GatewayConfig
+from declare.gateway.demand import EntityDemand
 from declare.gateway.responses import error_response, unavailable
 from declare.gateway.state import Live
 from declare.gateway.table import ReplicaTarget
@@ -69,14 +71,28 @@ class Upstream:
             await self._session.close()
 
     async def send(
-        self, live: Live, replica: ReplicaTarget, entity: str, body: bytes, content_type: str
+        self,
+        live: Live,
+        replica: ReplicaTarget,
+        demand: EntityDemand,
+        entity: str,
+        body: bytes,
+        content_type: str,
     ) -> web.Response:
-        """The replica's response to `body`, passed on as it came, or the error to give."""
+        """The replica's response to `body`, passed on as it came, or the error to give.
+
+        `demand` is the record of `entity`, whose in-flight count covers the wait for a
+        connection slot and for the answer."""
         session = self._session
         assert session is not None, "the client session opens at start-up"
         rid = replica.id
         inflight = self._inflight
         inflight[rid] = inflight.get(rid, 0) + 1
+        busy = demand.inflight + 1
+        demand.inflight = busy
+        busy += demand.held
+        if busy > demand.peak:
+            demand.peak = busy
         started = time.perf_counter()
         responded = False
         try:
@@ -96,31 +112,37 @@ class Upstream:
                         "served-model-name": live.served.get(rid, entity),
                     },
                 )
-        except aiohttp.ConnectionTimeoutError as exc:
-            return self._connect_timed_out(exc, entity, time.perf_counter() - started)
-        except aiohttp.SocketTimeoutError:
+        except aiohttp.ClientError as exc:
+            return self._failed(exc, rid, entity, responded, time.perf_counter() - started)
+        finally:
+            demand.inflight -= 1
+            left = inflight[rid] - 1
+            if left:
+                inflight[rid] = left
+            else:
+                del inflight[rid]
+
+    def _failed(
+        self, exc: aiohttp.ClientError, rid: str, entity: str, responded: bool, waited: float
+    ) -> web.Response:
+        """The response for a failure of replica `rid`, or ConnectFailed when it is safe to
+        retry (nothing was sent back)."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return self._connect_timed_out(exc, entity, waited)
+        if isinstance(exc, aiohttp.SocketTimeoutError):
             return error_response(
                 504,
                 "DEADLINE_EXCEEDED",
                 f"replica {rid} of {entity!r} did not answer within "
                 f"{self._config.upstream_timeout:g} s",
             )
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        if isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError):
             if not responded:
                 raise ConnectFailed(str(exc) or type(exc).__name__) from exc
             return error_response(
                 502, "INTERNAL_ERROR", f"replica {rid} of {entity!r} failed mid-response: {exc}"
             )
-        except aiohttp.ClientError as exc:
-            return error_response(
-                502, "INTERNAL_ERROR", f"replica {rid} of {entity!r} failed: {exc!r}"
-            )
-        finally:
-            left = inflight[rid] - 1
-            if left:
-                inflight[rid] = left
-            else:
-                del inflight[rid]
+        return error_response(502, "INTERNAL_ERROR", f"replica {rid} of {entity!r} failed: {exc!r}")
 
     def _connect_timed_out(
         self, exc: aiohttp.ConnectionTimeoutError, entity: str, waited: float

@@ -139,6 +139,8 @@ def test_table_round_trips_through_json() -> None:
         (table_json(routes=[{"traffic_percentage": 100}]), "routes[0] is malformed"),
         (table_json(entities={"a": {"replicas": [{"id": "r"}]}}), "entities.a is malformed"),
         (table_json(description=[1]), "description must be an object"),
+        (table_json(entities=[1]), "entities must be an object"),
+        (table_json(hold_seconds=-1), "hold_seconds must be a number >= 0, got -1"),
     ],
 )
 def test_invalid_tables_are_rejected_with_what_is_wrong(data: Any, message: str) -> None:
@@ -180,13 +182,17 @@ def test_shared_state_swaps_the_table_and_forgets_what_it_no_longer_routes() -> 
     assert state.table.version == 2
     assert str(before.urls["r"]) == "http://127.0.0.1:1/invocations"
     assert before.served["r"] == "a"
-    state.cursors[("ep", "a")] = 5
-    state.cursors[("gone", "x")] = 3
+    state.demand.get("ep", "a").cursor = 5
+    state.demand.get("gone", "x").cursor = 3
+    state.demand.get("gone", "busy").inflight = 1  # a request still on an old entity
     inflight, metrics, limiter = state.inflight, state.metrics, state.limiter
+    demand, ejections = state.demand, state.ejections
     state.set_table(RoutingTable.from_json(table_json()))
     assert state.live is not before and before.urls["r"]  # a request keeps its old table
-    assert state.cursors == {("ep", "a"): 5}
+    assert set(state.demand.entities) == {("ep", "a"), ("gone", "busy")}
+    assert state.demand.entities[("ep", "a")].cursor == 5
     assert state.inflight is inflight and state.metrics is metrics and state.limiter is limiter
+    assert state.demand is demand and state.ejections is ejections
 
 
 @pytest.mark.parametrize(
