@@ -45,6 +45,7 @@ __all__ = [
     "loopback_host",
     "new_replica_id",
     "pick_port",
+    "replica_concurrency_setting",
     "sanitize_id",
     "where_of",
 ]
@@ -188,3 +189,15 @@ def local_source_path(source: str) -> Path:
     if source.startswith("file:"):
         return Path(urllib.parse.unquote(urllib.parse.urlparse(source).path))
     return Path(source)
+
+
+def replica_concurrency_setting(raw: Mapping[str, Any], provider: str) -> int:
+    """`providers.<provider>.replica_concurrency`: concurrent requests one replica serves
+    (default 4); ConfigError naming the field when it is not a whole number >= 1."""
+    value: object = raw.get("replica_concurrency", 4)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"providers.{provider}.replica_concurrency: must be a whole number of at least 1, "
+            f"got {value!r}"
+        )
+    return value

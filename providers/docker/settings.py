@@ -18,7 +18,13 @@ Every problem is a `ConfigError` that names the field and says what is allowed.
     extra_requirements  more pip requirements for every image (e.g. a flavor's optional deps).
     cpus, memory    limits of one CPU replica (default 1 CPU, 2g); GPU workloads: see
                     `providers.docker.workloads`.
-    restart_policy  no | on-failure | always | unless-stopped (default unless-stopped).
+    restart_policy  no | on-failure | always | unless-stopped (default no: declare's runtime
+                    replaces a dead container, with the same backoff as any replica; with
+                    another policy the engine restarts it in place, and a container the
+                    engine is restarting counts as alive, so nobody restarts it twice).
+    replica_concurrency  concurrent requests one replica serves (default 4: one MLflow
+                    scoring-server worker); with an entity's provisioned concurrency it
+                    gives the entity's replica range.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from declare.errors import ConfigError
-from providers._shared import loopback_host
+from providers._shared import loopback_host, replica_concurrency_setting
 
 __all__ = ["DEFAULT_BASE_IMAGE", "DockerSettings", "parse_memory"]
 
@@ -49,6 +55,7 @@ _ALLOWED = (
     "cpus",
     "memory",
     "restart_policy",
+    "replica_concurrency",
 )
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _REPO = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$")
@@ -88,7 +95,8 @@ class DockerSettings:
     extra_requirements: tuple[str, ...] = ()
     cpus: float = 1.0
     memory_bytes: int = 2 * 2**30
-    restart_policy: str = "unless-stopped"
+    restart_policy: str = "no"
+    replica_concurrency: int = 4
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], project_dir: Path) -> DockerSettings:
@@ -123,6 +131,7 @@ class DockerSettings:
             cpus=cpus,
             memory_bytes=parse_memory(raw.get("memory", "2g"), "memory"),
             restart_policy=policy,
+            replica_concurrency=replica_concurrency_setting(raw, "docker"),
         )
 
 
@@ -191,7 +200,7 @@ def _cpus(raw: Mapping[str, Any]) -> float:
 
 
 def _restart_policy(raw: Mapping[str, Any]) -> str:
-    policy = _text(raw, "restart_policy", "unless-stopped")
+    policy = _text(raw, "restart_policy", "no")
     if policy not in RESTART_POLICIES:
         raise ConfigError(
             f"providers.docker.restart_policy: {policy!r}; allowed: " + ", ".join(RESTART_POLICIES)

@@ -1,10 +1,20 @@
 """How the local provider launches one replica: the checks before, the command, its environment.
 
-A replica is `python -m mlflow models serve -m <model> -h HOST -p PORT --env-manager local
--w WORKERS`, started with the interpreter declare runs under, detached in its own session (so
-its process group holds the MLflow launcher and the `uvicorn` child it starts), with output
-appended to its log. Its environment is declare's own without other replicas' secrets, plus
-the model's MLflow settings, the user's variables and DECLARE_PROJECT / DECLARE_REPLICA_ID.
+Two launchers (`providers.local.launcher` in declare.yaml):
+
+- `exec`: `python -m mlflow models serve -m <model> -h HOST -p PORT --env-manager local
+  -w WORKERS`, started with the interpreter declare runs under, detached in its own session
+  (so its process group holds the MLflow launcher and the `uvicorn` child it starts), with
+  output appended to its log.
+- `fork` (the default): the same scoring server, forked by the state folder's fork server
+  (`providers.local.forkclient`, `providers.local.forkserver`), which has MLflow, uvicorn and
+  the model's libraries imported already; the child is in its own session too, and runs
+  what `mlflow models serve` would run (`providers.local.forkchild`). When the fork server
+  cannot fork it (not running yet, a refusal, no answer, a model source that is not a local
+  path), the replica is started by `exec`, and its log says why (`Launch.note`).
+
+Either way its environment is declare's own without other replicas' secrets, plus the
+model's MLflow settings, the user's variables and DECLARE_PROJECT / DECLARE_REPLICA_ID.
 
 What it does not do: choose the replica id or port, write the replica record
 (`providers.local.records`), stop the process (`declare.procs`).
@@ -14,14 +24,17 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from declare import procs
 from declare.errors import ProviderError
 from declare.model import ReplicaSpec
 from declare.secrets import without_secrets
 from providers._shared import is_local_source, local_source_path
+from providers.local.forkclient import ForkServerClient, ForkUnavailable
 
 __all__ = ["Launch", "model_source"]
 
@@ -67,18 +80,19 @@ class Launch:
             "-w", str(self.workers),
         ]  # fmt: skip
 
+    def _own_env(self) -> dict[str, str]:
+        """What this replica sets on top of declare's environment."""
+        return {
+            **self.spec.model_env,
+            **self.spec.environment_vars,
+            # Lets an operator find declare's processes with `grep` in /proc/*/environ.
+            "DECLARE_PROJECT": self.spec.project,
+            "DECLARE_REPLICA_ID": self.replica_id,
+        }
+
     def env(self) -> dict[str, str]:
-        return procs.venv_path_env(
-            {
-                # Secrets of other replicas stay out; this one's come in environment_vars.
-                **without_secrets(os.environ),
-                **self.spec.model_env,
-                **self.spec.environment_vars,
-                # Lets an operator find declare's processes with `grep` in /proc/*/environ.
-                "DECLARE_PROJECT": self.spec.project,
-                "DECLARE_REPLICA_ID": self.replica_id,
-            }
-        )
+        # Secrets of other replicas stay out; this one's come in environment_vars.
+        return procs.venv_path_env({**without_secrets(os.environ), **self._own_env()})
 
     def start(self, project_dir: Path, where: str) -> procs.ProcessId:
         """Start it detached (in `project_dir` when it exists); ProviderError if it cannot."""
@@ -87,3 +101,44 @@ class Launch:
             return procs.start_detached(self.argv(), self.log_path, self.env(), cwd=cwd)
         except OSError as exc:
             raise ProviderError(f"{where}: cannot start {sys.executable}: {exc}") from exc
+
+    def fork_message(self, project_dir: Path) -> dict[str, Any]:
+        """The fork server's request for this replica (providers.local.forkproto)."""
+        return {
+            "replica_id": self.replica_id,
+            "source": self.source,
+            "host": self.host,
+            "port": self.port,
+            "workers": self.workers,
+            "env": self.env(),
+            "replica_keys": sorted(self._own_env()),
+            "log": str(self.log_path),
+            "cwd": str(project_dir if project_dir.is_dir() else Path.cwd()),
+        }
+
+    def fork(self, server: ForkServerClient, project_dir: Path) -> procs.ProcessId:
+        """Fork it from `server`; ForkUnavailable saying why when it cannot be."""
+        if not is_local_source(self.source):
+            raise ForkUnavailable(f"the model source {self.source} is not a local path")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        return server.fork(self.fork_message(project_dir))
+
+    def note(self, text: str) -> None:
+        """Append one `[declare]` line to the replica's log."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log_path, "a") as log:
+            log.write(f"[declare] {stamp} replica {self.replica_id}: {text}\n")
+
+    def start_by(
+        self, launcher: str, server: ForkServerClient, project_dir: Path, where: str
+    ) -> procs.ProcessId:
+        """Start it with `launcher` (fork | exec); a fork that cannot be falls back to exec."""
+        if launcher == "fork":
+            try:
+                return self.fork(server, project_dir)
+            except ForkUnavailable as exc:
+                self.note(f"not forked: {exc}; started by `mlflow models serve` instead")
+            except OSError as exc:
+                self.note(f"not forked ({exc}); started by `mlflow models serve` instead")
+        return self.start(project_dir, where)

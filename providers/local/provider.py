@@ -1,9 +1,13 @@
 """The local provider: each replica is a detached MLflow scoring server on loopback.
 
-A replica is `python -m mlflow models serve ... --env-manager local` started with declare's
-own interpreter in its own session, output appended to `state_dir/local/logs/<id>.log`
-(`providers.local.launch`). Request and response formats are therefore MLflow's. The
-process outlives declare.
+A replica is MLflow's scoring server as `mlflow models serve ... --env-manager local` runs
+it, in its own session, output appended to `state_dir/local/logs/<id>.log`
+(`providers.local.launch`): forked by the state folder's fork server (`launcher: fork`, the
+default; started lazily, see `providers.local.forkclient`), or started as that very command
+with declare's own interpreter (`launcher: exec`, and whenever a fork cannot be had).
+Request and response formats are therefore MLflow's. The process outlives declare.
+`start_forkserver` / `stop_forkserver` start it ahead of need and stop it; it also exits by
+itself when idle with no replica for an hour, or when the state folder is removed.
 
 Each replica has a record, `state_dir/local/replicas/<replica id>.json`
 (`providers.local.records`), so `list_owned()` finds every replica without the state file. A
@@ -42,6 +46,7 @@ from providers._shared import (
     pick_port,
     where_of,
 )
+from providers.local.forkclient import ForkServerClient
 from providers.local.launch import Launch, model_source
 from providers.local.records import PROVIDER_NAME, ReplicaRecord, ReplicaRecords
 from providers.local.settings import LocalSettings
@@ -57,9 +62,11 @@ class LocalProvider:
     def __init__(self, context: ProviderContext) -> None:
         self.context = context
         self.settings = LocalSettings.parse(context.settings)
+        self.replica_concurrency = self.settings.replica_concurrency
         self.records = ReplicaRecords(context.state_dir / PROVIDER_NAME)
         self.records_dir = self.records.records_dir
         self.logs_dir = self.records.logs_dir
+        self.forkserver = ForkServerClient(context.state_dir / PROVIDER_NAME)
 
     # -- checks and builds ------------------------------------------------------------------
 
@@ -101,7 +108,9 @@ class LocalProvider:
             port = pick_port(host, frozenset(r.port for r in records), where)
             log_path = self.records.log_path(replica_id)
             launch = Launch(spec, replica_id, source, host, port, self.settings.workers, log_path)
-            proc = launch.start(self.context.project_dir, where)
+            proc = launch.start_by(
+                self.settings.launcher, self.forkserver, self.context.project_dir, where
+            )
             record = ReplicaRecord(
                 id=replica_id,
                 labels=spec.labels,
@@ -149,6 +158,20 @@ class LocalProvider:
         if not log_path.exists():
             log_path = self.records.stopped_log_of(handle)
         return procs.log_tail(log_path, tail)
+
+    # -- the fork server ---------------------------------------------------------------------
+
+    def start_forkserver(self, wait_seconds: float = 0.0) -> bool:
+        """Start the fork server now if it is not running; True once it answers (waits up to
+        `wait_seconds`). For callers that know replicas will be wanted soon."""
+        if wait_seconds <= 0:
+            self.forkserver.ensure()
+            return self.forkserver.ping()
+        return self.forkserver.wait_ready(wait_seconds)
+
+    def stop_forkserver(self, grace_seconds: float = 5.0) -> None:
+        """Stop this state folder's fork server; its replicas go on. Idempotent."""
+        self.forkserver.stop(grace_seconds)
 
     # -- internals --------------------------------------------------------------------------
 

@@ -6,6 +6,13 @@ a `ConfigError` that names the field.
     workers: uvicorn workers per replica (default 1). More than one worker makes uvicorn
              run a process manager; without uvloop that adds ~44 ms to every response.
     host:    the IPv4 loopback address replicas listen on (default 127.0.0.1).
+    launcher: how a replica's process is started (default fork): `fork` asks the state
+             folder's fork server, which has MLflow imported already, to fork it (a
+             replica answers within about a second); `exec` runs `mlflow models serve` (a
+             new interpreter: several seconds), also what `fork` falls back to.
+    replica_concurrency: concurrent requests one replica serves (default 4: one MLflow
+             scoring-server worker, as Databricks counts 4 units of concurrency a replica);
+             a served entity's concurrency range becomes a replica range by it.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from declare.errors import ConfigError
-from providers._shared import loopback_host
+from providers._shared import loopback_host, replica_concurrency_setting
 
-__all__ = ["LocalSettings"]
+__all__ = ["LAUNCHERS", "LocalSettings"]
 
-_ALLOWED_SETTINGS = ("workers", "host")
+_ALLOWED_SETTINGS = ("workers", "host", "launcher", "replica_concurrency")
+LAUNCHERS = ("fork", "exec")
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class LocalSettings:
 
     workers: int = 1
     host: str = "127.0.0.1"
+    launcher: str = "fork"
+    replica_concurrency: int = 4
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> LocalSettings:
@@ -48,4 +58,14 @@ class LocalSettings:
             "providers.local.host",
             "local replicas listen on loopback only",
         )
-        return cls(workers=workers, host=host)
+        launcher = raw.get("launcher", "fork")
+        if launcher not in LAUNCHERS:
+            raise ConfigError(
+                f"providers.local.launcher: must be one of {', '.join(LAUNCHERS)}, got {launcher!r}"
+            )
+        return cls(
+            workers=workers,
+            host=host,
+            launcher=launcher,
+            replica_concurrency=replica_concurrency_setting(raw, "local"),
+        )
