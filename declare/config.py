@@ -17,6 +17,7 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
                         name (none), max body 16 MiB, queue timeout 30 s
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
+    runtime             enabled (default true), poll 0.5 s, stable 30 s, backoff up to 300 s
 
 Relative paths and relative sqlite URIs in declare.yaml are relative to the project folder;
 relative ones in the environment to the current directory (as MLflow itself reads them). All
@@ -72,6 +73,24 @@ class StateBackendSettings:
 
 
 @dataclass(frozen=True)
+class RuntimeSettings:
+    """declare.yaml `runtime:`: whether the runtime runs, and its timings."""
+
+    enabled: bool = True
+    poll_seconds: float = 0.5
+    stable_seconds: float = 30.0
+    backoff_max_seconds: float = 300.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "poll_seconds": self.poll_seconds,
+            "stable_seconds": self.stable_seconds,
+            "backoff_max_seconds": self.backoff_max_seconds,
+        }
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """Every setting of one project, resolved (absolute paths, defaults applied)."""
 
@@ -93,6 +112,7 @@ class ProjectConfig:
     manifest_exclude: tuple[str, ...] = ()
     config_file: Path | None = None  # declare.yaml when the project has one
     state_backend: StateBackendSettings = field(default_factory=StateBackendSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def provider_settings(self, name: str) -> Mapping[str, Any]:
         """declare.yaml `providers.<name>`, or an empty mapping."""
@@ -278,4 +298,15 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         manifest_exclude=tuple(manifests.get("exclude", ())),
         config_file=config_path,
         state_backend=_state_backend(state),
+        runtime=_runtime(_section(data, "runtime")),
+    )
+
+
+def _runtime(section: Mapping[str, Any]) -> RuntimeSettings:
+    default = RuntimeSettings()
+    return RuntimeSettings(
+        enabled=bool(section.get("enabled", default.enabled)),
+        poll_seconds=float(section.get("poll_seconds", default.poll_seconds)),
+        stable_seconds=float(section.get("stable_seconds", default.stable_seconds)),
+        backoff_max_seconds=float(section.get("backoff_max_seconds", default.backoff_max_seconds)),
     )

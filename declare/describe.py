@@ -8,23 +8,54 @@ from __future__ import annotations
 
 from typing import Any
 
-from declare.model import EndpointSpec
+from declare.model import EndpointSpec, EntitySpec
 from declare.state.document import NOT_UPDATING, EndpointRecord
+from declare.state.scaling import utc
 
 
 def is_ready(record: EndpointRecord) -> bool:
+    """READY when every routed entity has a replica in rotation, or was scaled to zero (the
+    next request wakes it)."""
     return bool(record.routes) and all(
-        record.serving_replicas(entity, generation)
+        record.serving_replicas(entity, generation) or _at_zero(record, entity, generation)
         for entity, generation, pct in record.traffic()
         if pct > 0
     )
+
+
+def _at_zero(record: EndpointRecord, entity: str, generation: str) -> bool:
+    scale = record.scale.get(entity)
+    return scale is not None and scale.generation == generation and scale.scaled_to_zero
+
+
+def entity_state(record: EndpointRecord, entity: str) -> dict[str, str]:
+    """A served entity's `state`, as Databricks shows it, from what the runtime recorded."""
+    in_rotation = record.serving_replicas(entity)
+    scale = record.scale.get(entity)
+    generation = record.serving.get(entity, "")
+    if scale is not None and scale.generation == generation:
+        if scale.failures and not in_rotation:
+            return {
+                "deployment": "DEPLOYMENT_RECOVERING",
+                "deployment_state_message": scale.crash_text(),
+            }
+        if scale.scaled_to_zero:
+            since = utc(scale.zero_since) if scale.zero_since else "now"
+            return {
+                "deployment": "DEPLOYMENT_READY",
+                "deployment_state_message": f"scaled to zero since {since}; the next request "
+                "wakes it",
+            }
+    return {
+        "deployment": "DEPLOYMENT_READY" if in_rotation else "DEPLOYMENT_CREATING",
+        "deployment_state_message": f"{len(in_rotation)} replica(s) in rotation",
+    }
 
 
 def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[str, Any]:
     entities = []
     for e in spec.entities:
         model = record.models.get(e.name)
-        in_rotation = record.serving_replicas(e.name)
         entities.append(
             {
                 "name": e.name,
@@ -34,10 +65,8 @@ def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[st
                 "workload_type": e.workload_type,
                 "scale_to_zero_enabled": e.scale_to_zero_enabled,
                 "environment_vars": {k: "{{redacted}}" for k in e.environment_vars},
-                "state": {
-                    "deployment": "DEPLOYMENT_READY" if in_rotation else "DEPLOYMENT_CREATING",
-                    "deployment_state_message": f"{len(in_rotation)} replica(s) in rotation",
-                },
+                "state": entity_state(record, e.name),
+                **_concurrency(e),
             }
         )
     return {
@@ -53,6 +82,15 @@ def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[st
             ]
         },
         "config_version": version,
+    }
+
+
+def _concurrency(e: EntitySpec) -> dict[str, int]:
+    if e.max_provisioned_concurrency is None:
+        return {}
+    return {
+        "min_provisioned_concurrency": e.min_provisioned_concurrency or 0,
+        "max_provisioned_concurrency": e.max_provisioned_concurrency,
     }
 
 

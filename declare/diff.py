@@ -15,7 +15,15 @@ from enum import Enum
 from typing import Any
 
 from declare.gateway.table import RoutingTable
-from declare.model import EndpointSpec, EntitySpec, ReplicaHandle, ResolvedModel, Route
+from declare.model import (
+    EndpointSpec,
+    EntitySpec,
+    ReplicaHandle,
+    ReplicaRange,
+    ResolvedModel,
+    Route,
+)
+from declare.model.scaling import DEFAULT_REPLICA_CONCURRENCY
 from declare.provider import Liveness, ReplicaStatus
 from declare.routing import routes_as_expected
 from declare.state.document import NOT_UPDATING, EndpointRecord, State, generation_of
@@ -42,13 +50,40 @@ class Impact(Enum):
 
 @dataclass(frozen=True)
 class DesiredEndpoint:
-    """An endpoint as the manifests ask for it, with every model pinned."""
+    """An endpoint as the manifests ask for it, with every model pinned.
+
+    `per_replica` is the concurrency one replica of its provider serves: with an entity's
+    provisioned concurrency it gives the entity's replica range.
+    """
 
     spec: EndpointSpec
     models: Mapping[str, ResolvedModel]
+    per_replica: int = DEFAULT_REPLICA_CONCURRENCY
 
     def generation(self, entity: EntitySpec) -> str:
         return generation_of(self.spec.provider, self.models[entity.name], entity.to_json())
+
+    def range(self, entity: EntitySpec) -> ReplicaRange:
+        return entity.replica_range(self.per_replica)
+
+    def target(self, entity: EntitySpec, before: EndpointRecord | None) -> int:
+        """How many replicas `entity` should run now.
+
+        The count the runtime keeps (recorded, or the replicas in rotation) when the entity
+        already serves this generation, fitted into the range; a new generation starts at
+        the count of what it replaces (a rollout keeps the capacity the runtime scaled to),
+        and never at zero, so it proves it answers; a new entity at its range's bottom.
+        """
+        rng = self.range(entity)
+        if before is None or before.spec is None:
+            return rng.initial
+        current = before.current_count(entity.name, self.generation(entity))
+        if current is not None:
+            return rng.fit(current)
+        inherited = before.carrying_count()
+        if inherited is not None:
+            return rng.fit(max(1, inherited))
+        return rng.initial
 
     @property
     def serving(self) -> dict[str, str]:
@@ -64,6 +99,7 @@ class Actual:
     gateway_running: bool = False
     gateway_settings_hash: str = ""  # of the gateway as it should run (from declare.yaml)
     gateway_table: RoutingTable | None = None
+    runtime_running: bool = False
 
     def alive(self, replica_id: str) -> bool:
         status = self.replicas.get(replica_id)
@@ -99,6 +135,7 @@ class EndpointChange:
     stops: tuple[ReplicaHandle, ...] = ()  # alive: drain, then stop
     forgets: tuple[ReplicaHandle, ...] = ()  # dead: drop from the record
     route_push: bool = False
+    routing_stale: bool = False  # the gateway does not route it as recorded (or was restarted)
     drift: tuple[str, ...] = ()
     # Replicas taking traffic before and after the change, and at most during it.
     capacity_before: int = 0
@@ -124,11 +161,15 @@ def diff(
     actual: Actual,
     gateway_recorded_hash: str | None = None,
     replace_entities: frozenset[tuple[str, str]] = frozenset(),
+    settle_status: bool = True,
 ) -> tuple[EndpointChange, ...]:
     """One change per endpoint named in the manifests or in the state, sorted by name.
 
     `replace_entities` holds (endpoint, served entity) pairs whose running replicas are
     replaced on purpose (`plan --replace`), even though nothing about them changed.
+    `settle_status`: an endpoint whose recorded status is not NOT_UPDATING (a failed or an
+    interrupted update) is a change, so that apply settles it; the runtime, which never
+    changes what was declared, leaves that to apply.
     """
     wanted = {d.spec.name: d for d in desired}
     gateway_fresh = not actual.gateway_running or (
@@ -142,9 +183,9 @@ def diff(
             assert r is not None
             change = _delete(r, actual)
         else:
-            change = _create_or_update(d, r, actual, gateway_fresh, replace_entities)
+            change = _create_or_update(d, r, actual, gateway_fresh, replace_entities, settle_status)
         before = _capacity_now(r, actual) if r else 0
-        after = _capacity_wanted(d) if d else 0
+        after = _capacity_wanted(d, r) if d else 0
         out.append(
             replace(
                 change,
@@ -167,9 +208,9 @@ def _capacity_now(r: EndpointRecord, actual: Actual) -> int:
     )
 
 
-def _capacity_wanted(d: DesiredEndpoint) -> int:
+def _capacity_wanted(d: DesiredEndpoint, r: EndpointRecord | None) -> int:
     shares = {route.served_entity_name: route.traffic_percentage for route in d.spec.routes}
-    return sum(e.replica_count for e in d.spec.entities if shares.get(e.name, 0) > 0)
+    return sum(d.target(e, r) for e in d.spec.entities if shares.get(e.name, 0) > 0)
 
 
 def _delete(r: EndpointRecord, actual: Actual) -> EndpointChange:
@@ -206,11 +247,12 @@ def _entity_replicas(
     """One served entity: which recorded replicas still serve it, which slots need a start."""
     recorded = r.replicas if r else ()
     gen = d.generation(entity)
+    count = d.target(entity, r)
     same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
     by_index: dict[int, str] = {}
     drift: list[str] = []
     for x in same:
-        if forced or x.retired or not x.ready or x.index >= entity.replica_count:
+        if forced or x.retired or not x.ready or x.index >= count:
             continue
         if x.index in by_index:
             continue
@@ -221,7 +263,7 @@ def _entity_replicas(
             why = f": {status.reason}" if status and status.reason else ""
             drift.append(f"replica {x.id} of {entity.name} is not running{why}")
     starts = []
-    for index in range(entity.replica_count):
+    for index in range(count):
         if index in by_index:
             continue
         dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
@@ -245,6 +287,7 @@ def _create_or_update(
     actual: Actual,
     gateway_fresh: bool,
     replace_entities: frozenset[tuple[str, str]] = frozenset(),
+    settle_status: bool = True,
 ) -> EndpointChange:
     recorded = r.replicas if r else ()
     parts = [
@@ -284,12 +327,13 @@ def _create_or_update(
         or table_stale
         or gateway_fresh
         or dict(r.serving) != d.serving
-        or r.config_update != NOT_UPDATING
+        or (settle_status and r.config_update != NOT_UPDATING)
     )
     return replace(
         change,
         kind=Change.UPDATE if route_push else Change.NOOP,
         route_push=route_push,
+        routing_stale=table_stale or gateway_fresh,
         drift=tuple(drift),
     )
 
@@ -306,16 +350,18 @@ def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
 
 _REPLACE_FIELDS = ("model",)
 _RESTART_FIELDS = ("environment_vars", "workload_type")
-_SCALE_FIELDS = ("workload_size", "replicas")
+_SCALE_FIELDS = ("workload_size", "concurrency", "replicas", "scale_to_zero_enabled")
 
 
-def _entity_view(e: EntitySpec, model: ResolvedModel | None) -> dict[str, Any]:
+def _entity_view(e: EntitySpec, model: ResolvedModel | None, per_replica: int) -> dict[str, Any]:
+    """What the plan shows of an entity; `replicas` is its range ('1', '2..4', '0..4')."""
     return {
         "model": model.describe() if model else e.model_uri,
         "environment_vars": dict(e.environment_vars),
         "workload_type": e.workload_type,
         "workload_size": e.workload_size,
-        "replicas": e.replica_count,
+        "concurrency": e.concurrency_text(),
+        "replicas": e.replica_range(per_replica).short(),
         "scale_to_zero_enabled": e.scale_to_zero_enabled,
     }
 
@@ -327,13 +373,13 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
         out.append(FieldChange("provider", before_spec.provider, d.spec.provider, Impact.REPLACE))
     before_entities = {e.name: e for e in before_spec.entities} if before_spec else {}
     for e in d.spec.entities:
-        after_view = _entity_view(e, d.models.get(e.name))
+        after_view = _entity_view(e, d.models.get(e.name), d.per_replica)
         old = before_entities.get(e.name)
         if old is None:
             out.append(FieldChange(f"served_entities[{e.name}]", None, after_view, Impact.REPLACE))
             continue
         assert r is not None
-        before_view = _entity_view(old, r.models.get(e.name))
+        before_view = _entity_view(old, r.models.get(e.name), d.per_replica)
         for key, after_value in after_view.items():
             before_value = before_view[key]
             if before_value == after_value:
@@ -355,7 +401,7 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
             out.append(
                 FieldChange(
                     f"served_entities[{name}]",
-                    _entity_view(old, r.models.get(name)),
+                    _entity_view(old, r.models.get(name), d.per_replica),
                     None,
                     Impact.REPLACE,
                 )

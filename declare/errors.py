@@ -15,6 +15,7 @@ with `error.exit_code`; anything else is a bug and is shown as one.
     ├── ProviderError                 a provider cannot do what it was asked
     │   └── ReplicaFailedError        a replica died or never answered (carries its log tail)
     ├── GatewayError                  the gateway cannot be started or reached
+    ├── RuntimeStartError             the runtime (healing, autoscaling) cannot be started
     ├── RolloutGuardError             a rollout guard tripped or its deadline passed
     └── ApplyFailedError              apply finished with failed endpoints (already reported)
 
@@ -104,6 +105,10 @@ class GatewayError(DeclareError):
     """The gateway cannot be started or reached."""
 
     retryable = True
+
+
+class RuntimeStartError(DeclareError):
+    """The runtime process could not be started (its log's tail says why)."""
 
 
 class RolloutGuardError(DeclareError):

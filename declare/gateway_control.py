@@ -43,6 +43,7 @@ class ProcessGateway:
             auth_token=settings.auth_token,
             max_body_bytes=settings.max_body_bytes,
             queue_timeout=settings.queue_timeout_seconds,
+            hold_queue=settings.hold_queue,
         )
 
     def stop(self) -> None:

@@ -1,14 +1,16 @@
 """The boundaries the engine and apply act through, besides providers and the state backend.
 
     GatewayControl  the project's gateway process: start, stop, and its admin API when it runs
-    GatewayAdmin    a running gateway's admin API: routing table, drain, metrics
+    GatewayAdmin    a running gateway's admin API: routing table, drain, metrics, demand
+    RuntimeControl  the project's runtime process (heals and scales between applies)
     Probe           a replica's readiness, proven by a real prediction
     Clock           time and sleeping (bakes, deadlines)
 
 Real implementations: `declare.gateway_control.ProcessGateway` (the gateway as a detached
-process, `declare.gateway.process` + `declare.gateway.client`), `declare.readiness.HttpProbe`
-and `SystemClock` below. Tests give the executor in-memory ones (tests/fakes.py). Also the
-gateway's settings as one value (`GatewaySettings`), whose hash the state records.
+process, `declare.gateway.process` + `declare.gateway.client`),
+`declare.runtime_control.ProcessRuntime`, `declare.readiness.HttpProbe` and `SystemClock`
+below. Tests give the executor in-memory ones (tests/fakes.py). Also the gateway's settings
+as one value (`GatewaySettings`), whose hash the state records.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class GatewaySettings:
     auth_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 16 * 1024 * 1024
     queue_timeout_seconds: float = 30.0
+    # requests held per endpoint while an entity has no ready replica (0: none are held,
+    # a 503 at once; what a project without the runtime gets, as nothing would wake it)
+    hold_queue: int = 1000
 
     @property
     def hash(self) -> str:
@@ -47,6 +52,7 @@ class GatewaySettings:
                     "token": hashlib.sha256(token.encode()).hexdigest() if token else None,
                     "max_body": self.max_body_bytes,
                     "queue_timeout": self.queue_timeout_seconds,
+                    **({} if self.hold_queue == 1000 else {"hold_queue": self.hold_queue}),
                 }
             ).encode()
         ).hexdigest()[:16]
@@ -62,6 +68,12 @@ class GatewayAdmin(Protocol):
     def drain(self, replica_ids: Sequence[str], timeout_seconds: float) -> bool: ...
 
     def metrics(self, since: float | None = None) -> dict[str, Any]: ...
+
+    def demand(self, wait: float = 0.0) -> dict[str, Any]:
+        """Per endpoint and entity: in flight, held, the peak since the last call (reset by
+        the call) and the last request's time; with `wait`, answers early on a held request
+        or a replica that could not be reached."""
+        ...
 
     def close(self) -> None: ...
 
@@ -88,6 +100,32 @@ class GatewayControl(Protocol):
 
     def stop(self) -> None:
         """Stop it (requests in flight finish) and forget it; nothing when none runs."""
+        ...
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """A running runtime, as its record says."""
+
+    pid: int
+    keeper_pid: int | None
+    started_at: float
+    settings_hash: str
+
+
+class RuntimeControl(Protocol):
+    """The project's runtime: one per project, started by apply, stopped by destroy."""
+
+    def status(self) -> RuntimeStatus | None:
+        """The running runtime, or None when none runs."""
+        ...
+
+    def start(self, settings_hash: str) -> None:
+        """Start it (with declare's environment) and wait until it runs."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it and its keeper for good (neither restarts the other); nothing when none."""
         ...
 
 

@@ -9,6 +9,7 @@ is `declare.apply`. Tests build one with in-memory boundaries (a fake gateway, p
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,10 +18,20 @@ from pathlib import Path
 from declare.config import ProjectConfig, load_config
 from declare.errors import ConfigError
 from declare.gateway_control import ProcessGateway
-from declare.ports import Clock, GatewayControl, GatewaySettings, Probe, SystemClock
+from declare.model import canonical_json
+from declare.ports import (
+    Clock,
+    GatewayControl,
+    GatewaySettings,
+    Probe,
+    RuntimeControl,
+    SystemClock,
+)
 from declare.provider import Provider, ProviderContext, load_provider
 from declare.readiness import HttpProbe
 from declare.resolve import Resolver
+from declare.runtime_control import ProcessRuntime
+from declare.secrets import PREFIX as SECRET_PREFIX
 from declare.state.backend import StateBackend
 from declare.state.document import State
 from declare.state.select import open_backend
@@ -35,6 +46,7 @@ class Project:
     gateway: GatewayControl
     probe: Probe = field(default_factory=HttpProbe)
     clock: Clock = field(default_factory=SystemClock)
+    runtime_control: RuntimeControl | None = None  # None: the runtime as processes
     resolver: Resolver = field(init=False)
     _providers: dict[str, Provider] = field(default_factory=dict, init=False)
     _backend: StateBackend | None = field(default=None, init=False, repr=False)
@@ -54,6 +66,29 @@ class Project:
         if self._backend is None:
             self._backend = open_backend(self.config, self.environ)
         return self._backend
+
+    @property
+    def runtime(self) -> RuntimeControl:
+        """The project's runtime (healing, autoscaling between applies)."""
+        if self.runtime_control is None:
+            self.runtime_control = ProcessRuntime(self.config.project_dir, self.config.state_dir)
+        return self.runtime_control
+
+    def runtime_settings_hash(self) -> str:
+        """What the runtime is started with: its settings, and a fingerprint of the parts
+        of the environment it acts with (secrets, MLflow, the state's connection, the
+        gateway's token), hashed value by value so that no value is ever recorded. A change
+        of any of them restarts the runtime at the next apply."""
+        cfg = self.config
+        names = {cfg.gateway_auth_token_env, cfg.state_backend.dsn_env}
+        relevant = sorted(
+            (k, hashlib.sha256(v.encode()).hexdigest())
+            for k, v in self.environ.items()
+            if k.startswith((SECRET_PREFIX, "MLFLOW_")) or k in names
+        )
+        return hashlib.sha256(
+            canonical_json({"settings": cfg.runtime.to_json(), "env": relevant}).encode()
+        ).hexdigest()[:16]
 
     def read_state(self) -> State:
         return State.from_json(self.backend.read())
@@ -78,6 +113,7 @@ class Project:
             auth_token=cfg.gateway_auth_token(self.environ),
             max_body_bytes=cfg.gateway_max_body_bytes,
             queue_timeout_seconds=cfg.gateway_queue_timeout_seconds,
+            hold_queue=1000 if cfg.runtime.enabled else 0,
         )
 
     def invocation_url(self, endpoint: str) -> str:

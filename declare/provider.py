@@ -84,6 +84,21 @@ class Provider(Protocol):
 
 
 @runtime_checkable
+class ReplicaSizing(Protocol):
+    """Optional: how many concurrent requests one replica of this provider serves (a
+    provider setting, `replica_concurrency`; 4 when a provider does not say: one MLflow
+    scoring-server worker, and Databricks' 4 units of concurrency per replica)."""
+
+    replica_concurrency: int
+
+
+def replica_concurrency(provider: Provider) -> int:
+    if isinstance(provider, ReplicaSizing):
+        return int(provider.replica_concurrency)
+    return 4
+
+
+@runtime_checkable
 class ImagePruning(Protocol):
     """Optional: a provider that builds images can remove those the project used.
 
@@ -93,6 +108,16 @@ class ImagePruning(Protocol):
 
     def prune_images(self) -> list[str]:
         """Remove the images this project used that nothing uses now; return their names."""
+
+
+@runtime_checkable
+class HelperProcesses(Protocol):
+    """Optional: a provider that runs helper processes of its own (the local provider's
+    fork server). `declare destroy` calls it when the destroy left the provider no replica
+    of the project."""
+
+    def stop_helpers(self) -> None:
+        """Stop this project's helper processes; replicas are not touched. Idempotent."""
 
 
 def load_provider(name: str, context: ProviderContext) -> Provider:

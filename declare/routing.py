@@ -34,6 +34,7 @@ class Routing:
     entities: dict[str, tuple[ReplicaTarget, ...]]
     served_names: dict[str, str]  # target key -> served entity name, where they differ
     rate_limits: tuple[RateLimit, ...]
+    hold_seconds: float = 0.0
 
     def replica_ids(self) -> dict[str, list[str]]:
         return {key: sorted(t.id for t in targets) for key, targets in self.entities.items()}
@@ -56,7 +57,13 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
         routes.append((key, pct))
         if key != entity:
             served[key] = entity
-    return Routing(tuple(routes), entities, served, record.spec.enforced_limits)
+    return Routing(
+        tuple(routes),
+        entities,
+        served,
+        record.spec.enforced_limits,
+        record.spec.autoscaling.hold_seconds,
+    )
 
 
 def routing_table(state: State, version: int | None = None) -> RoutingTable:
@@ -72,6 +79,7 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
             description=describe(record),
             served_names=routing.served_names,
             rate_limits=routing.rate_limits,
+            hold_seconds=routing.hold_seconds,
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -86,6 +94,8 @@ def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bo
     if live is None or expected is None:
         return live is None and expected is None
     if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
+        return False
+    if live.hold_seconds != expected.hold_seconds:
         return False
     have = {key: sorted(t.id for t in targets) for key, targets in live.entities.items()}
     return all(have.get(key, []) == ids for key, ids in expected.replica_ids().items())

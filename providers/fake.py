@@ -97,6 +97,7 @@ class FakeProvider:
     """An in-memory Provider (see module doc)."""
 
     name = PROVIDER_NAME
+    replica_concurrency = 4
 
     def __init__(
         self,

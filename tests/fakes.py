@@ -1,5 +1,5 @@
-"""In-memory boundaries for fast tests of the engine and the executor: a gateway, a
-readiness probe and a clock (`declare.ports`), beside the fake provider (providers/fake.py).
+"""In-memory boundaries for fast tests of the engine and the executor: a gateway, a runtime,
+a readiness probe and a clock (`declare.ports`), beside the fake provider (providers/fake.py).
 
 Like the fake provider's replicas, a fake gateway lives in a "world" shared by every
 `FakeGateway` of one state folder in this process, as the real gateway process outlives one
@@ -24,7 +24,7 @@ from typing import Any
 from declare.errors import GatewayError, ReplicaFailedError
 from declare.gateway.table import RoutingTable
 from declare.model import ReplicaHandle, ResolvedModel
-from declare.ports import GatewaySettings
+from declare.ports import GatewaySettings, RuntimeStatus
 from declare.provider import Liveness, Provider
 
 Figures = Callable[[str, str, RoutingTable], dict[str, Any] | None]
@@ -42,6 +42,7 @@ class GatewayWorld:
     refuse_puts: int = 0
     stuck: set[str] = field(default_factory=set)
     figures: Figures | None = None
+    demand: Figures | None = None  # (endpoint, key, table) -> the demand answer of that target
     on_put: Callable[[RoutingTable], None] | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -80,6 +81,19 @@ class FakeAdmin:
 
     def drain(self, replica_ids: Sequence[str], timeout_seconds: float) -> bool:
         return not (set(replica_ids) & self.world.stuck)
+
+    def demand(self, wait: float = 0.0) -> dict[str, Any]:
+        w = self.world
+        with w.lock:
+            table, demand = w.table, w.demand
+        endpoints: dict[str, Any] = {}
+        for name, ep in table.endpoints.items():
+            entities = {}
+            for key in ep.entities:
+                got = demand(name, key, table) if demand is not None else None
+                entities[key] = got or {"inflight": 0, "held": 0, "peak": 0}
+            endpoints[name] = {"entities": entities}
+        return {"now": 0.0, "endpoints": endpoints}
 
     def metrics(self, since: float | None = None) -> dict[str, Any]:
         w = self.world
@@ -133,6 +147,24 @@ class FakeGateway:
         with self.world.lock:
             self.world.running = False
             self.world.table = RoutingTable.empty()
+
+
+@dataclass
+class FakeRuntime:
+    """`declare.ports.RuntimeControl` in memory: it only records whether it "runs"."""
+
+    running: RuntimeStatus | None = None
+    starts: int = 0
+
+    def status(self) -> RuntimeStatus | None:
+        return self.running
+
+    def start(self, settings_hash: str) -> None:
+        self.starts += 1
+        self.running = RuntimeStatus(1, 2, 0.0, settings_hash)
+
+    def stop(self) -> None:
+        self.running = None
 
 
 class FakeProbe:

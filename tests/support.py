@@ -3,6 +3,7 @@ the real `declare` CLI in child processes, and a bounded load generator on 127.0
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -104,6 +105,26 @@ class CliProject:
         folder = self.folder / "state" / "local" / "replicas"
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
+    def runtime_pids(self) -> list[procs.ProcessId]:
+        """The runtime and its keeper, as runtime.json records them (none when stopped)."""
+        path = self.folder / "state" / "runtime" / "runtime.json"
+        if not path.exists():
+            return []
+        record = json.loads(path.read_text())
+        return [
+            procs.ProcessId.from_json(record[k]) for k in ("runtime", "keeper") if record.get(k)
+        ]
+
+    def events(self, endpoint: str = "iris") -> list[dict[str, Any]]:
+        """The runtime's events recorded for `endpoint` (replacements, scaling, crashes)."""
+        events: list[dict[str, Any]] = self.state()["endpoints"][endpoint].get("events", [])
+        return events
+
+    def stop_leftovers(self) -> None:
+        """After a test: stop, by PID, the runtime processes a failed destroy left."""
+        for proc in self.runtime_pids():
+            procs.stop(proc, grace_seconds=2.0)
+
     def gateway_pid(self) -> procs.ProcessId:
         record = json.loads((self.folder / "state" / "gateway" / "gateway.json").read_text())
         return procs.ProcessId.from_json(record["process"])
@@ -120,6 +141,9 @@ class Load:
         self.served: Counter[str] = Counter()
         self.failed_by_entity: Counter[str] = Counter()
         self.failure_times: list[float] = []
+        self.ok_times: list[float] = []
+        self.started = time.monotonic()
+        self.stopped: float | None = None
         self._stop = threading.Event()
         self._budget = max_requests
         self._max_seconds = max_seconds
@@ -144,11 +168,14 @@ class Load:
                 with self._lock:
                     self.results[key] += 1
                     self.served[served] += 1
-                    if key != "200":
+                    if key == "200":
+                        self.ok_times.append(time.monotonic())
+                    else:
                         self.failed_by_entity[served] += 1
                         self.failure_times.append(time.monotonic())
 
     def __enter__(self) -> Load:
+        self.started = time.monotonic()
         for t in self._threads:
             t.start()
         return self
@@ -157,6 +184,15 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join()
+        self.stopped = time.monotonic()
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest stretch, in seconds, without a 200 while the load ran."""
+        end = self.stopped if self.stopped is not None else time.monotonic()
+        with self._lock:
+            marks = [self.started, *sorted(self.ok_times), end]
+        return max(b - a for a, b in itertools.pairwise(marks))
 
     @property
     def sent(self) -> int:

@@ -47,6 +47,7 @@ class Executor:
         state: State,
         hooks: Hooks = no_hooks,
         parallelism: int = 10,
+        record_status: bool = True,
     ) -> None:
         self.ledger = Ledger(
             project.backend, state, project.gateway, project.config.default_provider
@@ -54,6 +55,9 @@ class Executor:
         self.ctx = ApplyContext(project, plan, self.ledger, hooks)
         self.plan = plan
         self.parallelism = parallelism
+        # apply records each endpoint's config status (IN_PROGRESS, the config version,
+        # UPDATE_FAILED); the runtime, which changes no config, records none of it.
+        self.record_status = record_status
         self._actions = {a.id: a for a in plan.actions}
 
     @property
@@ -116,7 +120,7 @@ class Executor:
     def _begin(self, name: str) -> None:
         """The endpoint's first action: the management API shows IN_PROGRESS."""
         change = self.ctx.changes[name]
-        if _refresh_only(change):
+        if _refresh_only(change) or not self.record_status:
             return
         pending = change.after.spec if change.after else None
         self.ledger.update(
@@ -134,12 +138,16 @@ class Executor:
             reason = str(why) if why else self._blocked_reason(failed, walked)
             self.ctx.fold(name, lambda p: p.failing(reason))
         if self.ctx.progress(name).failed:
-            return EndpointOutcome(name, change.kind, False, rollback.undo(self.ctx, name))
+            message = rollback.undo(self.ctx, name, self.record_status)
+            return EndpointOutcome(name, change.kind, False, message)
         self._finish(change)
         return EndpointOutcome(name, change.kind, True)
 
     def _finish(self, change: EndpointChange) -> None:
         if _refresh_only(change):
+            return
+        if not self.record_status:
+            self._show_status()
             return
         if change.kind is Change.DELETE:
             self.ledger.remove(change.name)

@@ -32,12 +32,14 @@ from declare.plan.actions import (
     ShiftTraffic,
     StartGateway,
     StartReplica,
+    StartRuntime,
     StopGateway,
     StopOrphan,
     StopReplica,
+    StopRuntime,
 )
 from declare.routing import target_key
-from declare.state.document import RecordedGateway, ReplicaRecord, State
+from declare.state.document import RecordedGateway, RecordedRuntime, ReplicaRecord, State
 
 REPLICA_GRACE_SECONDS = 10.0
 ORPHAN_GRACE_SECONDS = 5.0
@@ -56,6 +58,16 @@ def stop_gateway(ctx: ApplyContext, action: Action, p: StopGateway) -> None:
     ctx.ledger.record_gateway(None)
 
 
+def start_runtime(ctx: ApplyContext, action: Action, p: StartRuntime) -> None:
+    ctx.project.runtime.start(p.settings_hash)
+    ctx.ledger.record_runtime(RecordedRuntime(p.settings_hash))
+
+
+def stop_runtime(ctx: ApplyContext, action: Action, p: StopRuntime) -> None:
+    ctx.project.runtime.stop()
+    ctx.ledger.record_runtime(None)
+
+
 def build(ctx: ApplyContext, action: Action, p: Build) -> None:
     ctx.project.provider(p.provider).build(p.model, p.workload_type)
 
@@ -71,10 +83,11 @@ def start_replica(ctx: ApplyContext, action: Action, p: StartReplica) -> None:
         environment_vars=secrets.resolve(p.spec.environment_vars, project.environ),
     )
     handle = project.provider(ctx.provider_of(spec.endpoint)).start_replica(spec)
+    started = ctx.clock.time()
     ctx.fold(spec.endpoint, lambda pr: pr.with_handle(p.slot, handle))
     ctx.ledger.update(
         spec.endpoint,
-        lambda r: r.with_replica(ReplicaRecord(handle, spec.index)),
+        lambda r: r.with_replica(ReplicaRecord(handle, spec.index, started_at=started)),
         ctx.provider_of(spec.endpoint),
     )
 
@@ -225,6 +238,10 @@ def _handler(kind: ActionKind) -> Handler:
             return _bind(StartGateway, start_gateway)
         case ActionKind.STOP_GATEWAY:
             return _bind(StopGateway, stop_gateway)
+        case ActionKind.START_RUNTIME:
+            return _bind(StartRuntime, start_runtime)
+        case ActionKind.STOP_RUNTIME:
+            return _bind(StopRuntime, stop_runtime)
         case ActionKind.BUILD:
             return _bind(Build, build)
         case ActionKind.START_REPLICA:

@@ -23,7 +23,7 @@ from declare.errors import DeclareError, GatewayError
 from declare.ports import GatewayControl
 from declare.routing import routing_table
 from declare.state.backend import StateWriter
-from declare.state.document import EndpointRecord, RecordedGateway, State
+from declare.state.document import EndpointRecord, RecordedGateway, RecordedRuntime, State
 
 
 class Ledger:
@@ -65,6 +65,10 @@ class Ledger:
     def record_gateway(self, gateway: RecordedGateway | None) -> None:
         with self._lock:
             self.commit(replace(self._state, gateway=gateway))
+
+    def record_runtime(self, runtime: RecordedRuntime | None) -> None:
+        with self._lock:
+            self.commit(replace(self._state, runtime=runtime))
 
     def switch(self, change: Callable[[State], State], what: str) -> None:
         """Push the table of `change(state)`; only once the gateway took it, record it."""

@@ -20,8 +20,9 @@ from declare.plan.actions import Action, SetRoutes, ShiftTraffic, StartReplica
 from declare.state.document import UPDATE_FAILED, EndpointRecord, ReplicaRecord
 
 
-def undo(ctx: ApplyContext, name: str) -> str:
-    """Reverse what `name`'s apply finished; return the endpoint's failure message."""
+def undo(ctx: ApplyContext, name: str, record_status: bool = True) -> str:
+    """Reverse what `name`'s apply finished; return the endpoint's failure message (and
+    record it as UPDATE_FAILED, unless `record_status` is off: the runtime's repairs)."""
     progress = ctx.progress(name)
     message = progress.error or ""
     done: tuple[Action, ...] = tuple(reversed(progress.done))
@@ -34,7 +35,7 @@ def undo(ctx: ApplyContext, name: str) -> str:
             restored = _undo_one(ctx, name, progress, action, restored)
         except Exception as exc:  # keep undoing the rest
             ctx.emit(UndoFailed(action, str(exc)))
-    if name in ctx.ledger.state.endpoints:
+    if record_status and name in ctx.ledger.state.endpoints:
         ctx.ledger.update(name, lambda r: r.with_status(UPDATE_FAILED, message))
     shown = ctx.ledger.show_status()
     if shown is not None:

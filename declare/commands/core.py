@@ -33,7 +33,7 @@ from declare.engine.desired import load_specs
 from declare.errors import ApplyFailedError, ConfigError, DeclareError, ManifestError
 from declare.plan import Plan, saved
 from declare.project import Project, open_project
-from declare.provider import ImagePruning
+from declare.provider import HelperProcesses, ImagePruning
 from declare.state.document import State
 from declare.views.apply import ApplyView, HumanApplyView, JsonApplyView
 
@@ -312,7 +312,7 @@ def destroy(
     as_json: ApplyJson = False,
 ) -> None:
     """Stop every endpoint, replica and the gateway of the project."""
-    names = _provider_names(project_dir) if prune_images else set()
+    names = _provider_names(project_dir)
     run_apply(
         project_dir,
         PlanOptions(destroy=True),
@@ -321,8 +321,22 @@ def destroy(
         lock_timeout=lock_timeout,
         as_json=as_json,
     )
+    _stop_helpers(project_dir, names)
     if prune_images:
         _prune_images(project_dir, names)
+
+
+def _stop_helpers(project_dir: Path, names: set[str]) -> None:
+    """Stop the helper processes of each provider left with no replica of the project."""
+    project = open_project(project_dir)
+    for name in sorted(names):
+        try:
+            provider = project.provider(name)
+        except ConfigError:
+            continue
+        with contextlib.suppress(DeclareError):
+            if isinstance(provider, HelperProcesses) and not provider.list_owned():
+                provider.stop_helpers()
 
 
 def _provider_names(project_dir: Path) -> set[str]:

@@ -22,6 +22,7 @@ from declare.commands._common import output_format as plan_view
 from declare.errors import ConfigError
 from declare.plan import saved
 from declare.project import open_project
+from declare.state.scaling import utc
 from declare.views.status import state_lines, status_json, status_lines
 
 
@@ -57,7 +58,9 @@ def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
 
     project = open_project(project_dir)
     state = project.read_state()
-    report = status_json(state, refresh(project, state), project.invocation_url)
+    report = status_json(
+        state, refresh(project, state), project.invocation_url, project.runtime.status()
+    )
     if as_json:
         echo(json.dumps(report, indent=2))
         return
@@ -121,16 +124,26 @@ def logs(
     ),
     tail: Annotated[int, typer.Option("--tail", help="Lines per replica.")] = 50,
 ) -> None:
-    """Show the logs of an endpoint's replicas."""
+    """Show the runtime's events of an endpoint (replacements, crash loops, scaling) and the
+    logs of its replicas."""
     project = open_project(project_dir)
     state = project.read_state()
     ep = state.endpoints.get(endpoint)
     if ep is None:
         known = ", ".join(sorted(state.endpoints)) or "none"
         raise ConfigError(f"no endpoint {endpoint!r} in the state; endpoints: {known}")
+    names = {e.name for e in ep.spec.entities} if ep.spec else set()
+    if entity is not None and entity not in names and all(r.entity != entity for r in ep.replicas):
+        known = ", ".join(sorted(names)) or "none"
+        raise ConfigError(f"endpoint {endpoint!r} has no served entity {entity!r}; known: {known}")
+    events = [ev for ev in ep.events if entity is None or ev.entity == entity]
+    if events:
+        echo("==> runtime events <==")
+        for ev in events[-tail:]:
+            echo(f"{utc(ev.at)} {ev.entity} {ev.kind}: {ev.detail}")
     replicas = [r for r in ep.replicas if entity is None or r.entity == entity]
     if not replicas:
-        raise ConfigError(f"endpoint {endpoint!r} has no replica of {entity!r}")
+        echo(f"(no replica of {entity or endpoint!r} runs now)")
     for rep in replicas:
         echo(f"==> {rep.id} ({rep.entity}) <==")
         echo(project.provider(rep.handle.provider).logs(rep.handle, tail))

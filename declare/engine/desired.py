@@ -14,6 +14,7 @@ from declare.errors import DeclareError, LocatedError, Location, ManifestError, 
 from declare.manifests import load_project_manifests
 from declare.model import EndpointSpec, ResolvedModel
 from declare.project import Project
+from declare.provider import replica_concurrency
 
 
 def load_specs(project: Project) -> tuple[EndpointSpec, ...]:
@@ -46,7 +47,8 @@ def resolve(project: Project, specs: tuple[EndpointSpec, ...]) -> tuple[DesiredE
                 loc = entity.location or spec.location or Location(spec.name)
                 problems.append(LocatedError(loc, str(exc)))
         if len(models) == len(spec.entities):
-            out.append(DesiredEndpoint(spec, models))
+            per_replica = replica_concurrency(project.provider(spec.provider))
+            out.append(DesiredEndpoint(spec, models, per_replica))
     if problems:
         raise ManifestError(problems)
     return tuple(out)

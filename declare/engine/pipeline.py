@@ -22,7 +22,7 @@ from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff
 from declare.engine.desired import load_desired
 from declare.engine.refresh import builds, refresh
 from declare.errors import ConfigError, StaleStateError
-from declare.plan import GatewayInput, Plan, PlanInput, build_plan, saved
+from declare.plan import GatewayInput, Plan, PlanInput, RuntimeInput, build_plan, saved
 from declare.project import Project
 from declare.state.document import State
 
@@ -35,6 +35,13 @@ class PlanOptions:
     targets: frozenset[str] = frozenset()
     replace: frozenset[tuple[str, str]] = frozenset()  # (endpoint, served entity)
     refresh_only: bool = False
+    # The runtime's own plans: what runs is kept as recorded (replacing what died, the
+    # replica counts it decided); no status to settle, and the runtime never plans itself.
+    runtime: bool = False
+    exclude: frozenset[str] = frozenset()  # endpoints left out (they still serve)
+    # endpoints that may start no replica now (the runtime backs off a crashing entity): the
+    # dead are still forgotten and taken out of the gateway's routing
+    no_starts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ def plan_for(
     actual = refresh(project, state, desired)
     needs = builds(project, desired)
     recorded_hash = state.gateway.settings_hash if state.gateway else None
-    changes = diff(desired, state, actual, recorded_hash, opts.replace)
+    changes = diff(
+        desired, state, actual, recorded_hash, opts.replace, settle_status=not opts.runtime
+    )
     _check_addresses(opts, desired, changes)
     inp = _narrow(
         PlanInput(
@@ -81,6 +90,14 @@ def plan_for(
             builds=needs,
             orphans=actual.orphans,
             destroy=opts.destroy,
+            runtime=None
+            if opts.runtime
+            else RuntimeInput(
+                enabled=project.config.runtime.enabled,
+                running=actual.runtime_running,
+                settings_hash=project.runtime_settings_hash(),
+                recorded_hash=state.runtime.settings_hash if state.runtime else None,
+            ),
         ),
         opts,
         state,
@@ -119,6 +136,19 @@ def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) 
             orphans=(),
             gateway_needed=any_desired or any(n not in opts.targets for n in state.endpoints),
         )
+    if opts.no_starts:
+        inp = replace(
+            inp,
+            changes=tuple(
+                _without_starts(c) if c.name in opts.no_starts else c for c in inp.changes
+            ),
+        )
+    if opts.exclude:
+        inp = replace(
+            inp,
+            changes=tuple(c for c in inp.changes if c.name not in opts.exclude),
+            gateway_needed=any_desired or bool(state.endpoints),
+        )
     if opts.refresh_only:
         inp = replace(
             inp,
@@ -126,8 +156,22 @@ def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) 
             orphans=(),
             gateway_needed=inp.gateway.running,
             gateway=replace(inp.gateway, recorded_hash=None),
+            runtime=None,
         )
     return inp
+
+
+def _without_starts(c: EndpointChange) -> EndpointChange:
+    """`c` starting no replica: what remains is to forget the dead, retire, re-route."""
+    if not c.starts:
+        return c
+    push = bool(c.stops or c.forgets or c.fields or c.routing_stale)
+    return replace(
+        c,
+        starts=(),
+        route_push=push,
+        kind=c.kind if push or c.kind is not Change.UPDATE else Change.NOOP,
+    )
 
 
 def _refresh_only(c: EndpointChange) -> EndpointChange:

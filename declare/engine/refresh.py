@@ -37,6 +37,7 @@ def refresh(project: Project, state: State, desired: tuple[DesiredEndpoint, ...]
         gateway_running=admin is not None,
         gateway_settings_hash=project.gateway_settings().hash,
         gateway_table=table,
+        runtime_running=project.runtime.status() is not None,
     )
 
 

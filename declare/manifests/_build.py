@@ -5,7 +5,8 @@ fields), versions are strings, percentages integers (see `_traffic`), tags a dic
 and the enforced rate limits become typed values of the spec (`RolloutPolicy.from_manifest`,
 `manifest_limits`); the sections declare records but does not act on stay raw in
 `EndpointSpec.extra` (`EXTRA_FIELDS`, `auto_capture_config`, and per entity
-`ENTITY_EXTRA_FIELDS` under `entity_settings`).
+`ENTITY_EXTRA_FIELDS` under `entity_settings`, but for the provisioned concurrency and the
+`autoscaling` timings, which are typed).
 
 Does not check anything: it is called only for a document whose checks found no problem
 (`_endpoint`), and trusts the shapes those checks and the JSON Schema guarantee.
@@ -17,7 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from declare.errors import Location
-from declare.model import EndpointSpec, EntitySpec, RolloutPolicy, Route, manifest_limits
+from declare.model import (
+    AutoscalePolicy,
+    EndpointSpec,
+    EntitySpec,
+    RolloutPolicy,
+    Route,
+    manifest_limits,
+)
 
 from ._entities import NamedEntities
 from ._names import model_keys, version_text
@@ -34,7 +42,7 @@ EXTRA_FIELDS = (
     "description",
     "email_notifications",
 )
-# Served-entity fields accepted and kept raw in extra["entity_settings"][<entity name>].
+# Served-entity fields of Databricks beside the common ones (in the order `fmt` writes them).
 ENTITY_EXTRA_FIELDS = (
     "instance_profile_arn",
     "min_provisioned_throughput",
@@ -44,6 +52,8 @@ ENTITY_EXTRA_FIELDS = (
     "max_provisioned_concurrency",
     "burst_scaling_enabled",
 )
+# Those parsed into EntitySpec; the others are kept raw in extra["entity_settings"][name].
+TYPED_ENTITY_FIELDS = ("min_provisioned_concurrency", "max_provisioned_concurrency")
 
 
 def _entity_spec(
@@ -64,6 +74,8 @@ def _entity_spec(
         scale_to_zero_enabled=bool(raw.get("scale_to_zero_enabled", False)),
         environment_vars=dict(raw.get("environment_vars") or {}),
         replicas=None if raw.get("replicas") is None else int(raw["replicas"]),
+        min_provisioned_concurrency=raw.get("min_provisioned_concurrency"),
+        max_provisioned_concurrency=raw.get("max_provisioned_concurrency"),
         location=Location(doc.file, doc.line(path), format_path(path)),
     )
 
@@ -96,7 +108,7 @@ def build_spec(
     settings: dict[str, dict[str, Any]] = {}
     for (name, path), raw in zip(entities, config[key], strict=True):
         specs.append(_entity_spec(doc, name, path, raw, legacy))
-        kept = {f: raw[f] for f in ENTITY_EXTRA_FIELDS if f in raw}
+        kept = {f: raw[f] for f in ENTITY_EXTRA_FIELDS if f in raw and f not in TYPED_ENTITY_FIELDS}
         if kept:
             settings[name] = kept
     limits = manifest_limits(value)
@@ -107,6 +119,7 @@ def build_spec(
         provider=value.get("provider", default_provider),
         tags=tags,
         rollout=RolloutPolicy.from_manifest(value.get("rollout")),
+        autoscaling=AutoscalePolicy.from_json(value.get("autoscaling")),
         rate_limits=limits.top,
         ai_gateway_rate_limits=limits.ai_gateway,
         extra=_extra(value, config, settings),

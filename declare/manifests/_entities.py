@@ -4,7 +4,8 @@ Checked here (each problem located at its field):
 - `config.served_entities` or the legacy `config.served_models`, not both, and one of them;
 - every entity has a name (given or derived, see `_names`), unique in the endpoint;
 - environment variable names are valid, and a value holding `{{` is one whole secret
-  reference `{{secrets/<scope>/<key>}}`.
+  reference `{{secrets/<scope>/<key>}}`;
+- explicit provisioned concurrency follows Databricks' rules (`declare.model.scaling`).
 
 Does not check the fields the JSON Schema covers (types, enums, unknown fields: `_schema`),
 the routes (`_traffic`), or whether a secret can be resolved (plan does: declare.secrets).
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+from declare.model.scaling import concurrency_problems
 
 from ._findings import Findings
 from ._names import entity_name
@@ -55,6 +58,8 @@ def named_entities(config: dict[str, Any], key: str, found: Findings) -> NamedEn
             complete = False
             continue
         check_environment(raw.get("environment_vars"), (*path, "environment_vars"), found)
+        for field, message in concurrency_problems(raw):
+            found.report((*path, field), message)
         name = entity_name(raw, path, legacy=key == "served_models", found=found)
         if name is None:
             complete = False

@@ -8,13 +8,13 @@ no I/O, no MLflow, no processes.
     endpoint   EndpointSpec, EntitySpec, Route, workload sizes
     rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
     limits     RateLimit and how a manifest's limits are read
+    scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
     hashing    canonical JSON and content hashes
 """
 
 from declare.model.endpoint import (
-    WORKLOAD_CONCURRENCY,
-    WORKLOAD_REPLICAS,
+    WORKLOAD_SIZES,
     WORKLOAD_TYPES,
     EndpointSpec,
     EntitySpec,
@@ -25,11 +25,12 @@ from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest
 from declare.model.replica import ReplicaHandle, ReplicaSpec
 from declare.model.resolved import ResolvedModel
 from declare.model.rollout import Figures, Guards, RolloutPolicy, judge, rollout_problems
+from declare.model.scaling import AutoscalePolicy, ReplicaRange
 
 __all__ = [
-    "WORKLOAD_CONCURRENCY",
-    "WORKLOAD_REPLICAS",
+    "WORKLOAD_SIZES",
     "WORKLOAD_TYPES",
+    "AutoscalePolicy",
     "EndpointSpec",
     "EntitySpec",
     "Figures",
@@ -38,6 +39,7 @@ __all__ = [
     "ManifestLimits",
     "RateLimit",
     "ReplicaHandle",
+    "ReplicaRange",
     "ReplicaSpec",
     "ResolvedModel",
     "RolloutPolicy",

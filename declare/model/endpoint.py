@@ -15,14 +15,19 @@ from typing import Any
 from declare.errors import Location
 from declare.model.limits import RateLimit, limits_from_json, manifest_limits
 from declare.model.rollout import RolloutPolicy
+from declare.model.scaling import (
+    DEFAULT_REPLICA_CONCURRENCY,
+    WORKLOAD_CONCURRENCY_RANGE,
+    AutoscalePolicy,
+    ReplicaRange,
+    concurrency_range,
+    replica_range,
+)
 
-# Databricks workload sizes and the replica count each maps to on declare's providers.
-# Databricks gives each size a concurrency range (Small 0-4, Medium 8-16, Large 16-64
-# concurrent requests). One MLflow scoring-server replica with one worker serves about 4
-# concurrent requests of a small model before queueing, so: Small -> 1, Medium -> 2,
-# Large -> 4 replicas. `replicas:` on a served entity overrides the mapping.
-WORKLOAD_REPLICAS: Mapping[str, int] = {"Small": 1, "Medium": 2, "Large": 4}
-WORKLOAD_CONCURRENCY: Mapping[str, str] = {"Small": "0-4", "Medium": "8-16", "Large": "16-64"}
+# Databricks workload sizes are ranges of provisioned concurrency (`declare.model.scaling`:
+# Small 4, Medium 8-16, Large 16-64 concurrent requests; from 0 with scale to zero), which
+# the runtime turns into a range of replicas.
+WORKLOAD_SIZES = tuple(WORKLOAD_CONCURRENCY_RANGE)
 
 WORKLOAD_TYPES = ("CPU", "GPU_SMALL", "GPU_MEDIUM", "GPU_LARGE", "MULTIGPU_MEDIUM")
 
@@ -43,14 +48,36 @@ class EntitySpec:
     workload_type: str = "CPU"
     scale_to_zero_enabled: bool = False
     environment_vars: Mapping[str, str] = field(default_factory=dict)
-    replicas: int | None = None  # declare addition: overrides the workload_size mapping
+    replicas: int | None = None  # declare addition: pins the replica count
+    # Databricks' explicit form of the range (instead of workload_size), multiples of 4
+    min_provisioned_concurrency: int | None = None
+    max_provisioned_concurrency: int | None = None
     location: Location | None = field(default=None, compare=False)
+
+    def concurrency(self) -> tuple[int, int]:
+        """The provisioned concurrency asked for: (low, high)."""
+        return concurrency_range(
+            self.workload_size,
+            self.min_provisioned_concurrency,
+            self.max_provisioned_concurrency,
+            self.scale_to_zero_enabled,
+        )
+
+    def concurrency_text(self) -> str:
+        """'4 concurrent', '8-16 concurrent', '0-4 concurrent' (with scale to zero)."""
+        low, high = self.concurrency()
+        return f"{high} concurrent" if low == high else f"{low}-{high} concurrent"
+
+    def replica_range(self, per_replica: int = DEFAULT_REPLICA_CONCURRENCY) -> ReplicaRange:
+        """The replicas it may run, for a provider whose replica serves `per_replica`."""
+        return replica_range(
+            self.concurrency(), self.replicas, self.scale_to_zero_enabled, per_replica
+        )
 
     @property
     def replica_count(self) -> int:
-        if self.replicas is not None:
-            return self.replicas
-        return WORKLOAD_REPLICAS.get(self.workload_size, 1)
+        """The replicas it starts with: the bottom of its range, at least one."""
+        return self.replica_range().initial
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +90,8 @@ class EntitySpec:
             "scale_to_zero_enabled": self.scale_to_zero_enabled,
             "environment_vars": dict(self.environment_vars),
             "replicas": self.replicas,
+            "min_provisioned_concurrency": self.min_provisioned_concurrency,
+            "max_provisioned_concurrency": self.max_provisioned_concurrency,
         }
 
     @classmethod
@@ -77,6 +106,8 @@ class EntitySpec:
             scale_to_zero_enabled=bool(data.get("scale_to_zero_enabled", False)),
             environment_vars=dict(data.get("environment_vars") or {}),
             replicas=data.get("replicas"),
+            min_provisioned_concurrency=data.get("min_provisioned_concurrency"),
+            max_provisioned_concurrency=data.get("max_provisioned_concurrency"),
         )
 
 
@@ -111,6 +142,7 @@ class EndpointSpec:
     provider: str = "local"
     tags: Mapping[str, str] = field(default_factory=dict)
     rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
+    autoscaling: AutoscalePolicy = field(default_factory=AutoscalePolicy)
     rate_limits: tuple[RateLimit, ...] = ()
     ai_gateway_rate_limits: tuple[RateLimit, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -135,6 +167,7 @@ class EndpointSpec:
             "routes": [r.to_json() for r in self.routes],
             "tags": dict(self.tags),
             "rollout": self.rollout.to_json(),
+            "autoscaling": self.autoscaling.to_json(),
             "rate_limits": [r.to_json() for r in self.rate_limits],
             "ai_gateway_rate_limits": [r.to_json() for r in self.ai_gateway_rate_limits],
             "extra": dict(self.extra),
@@ -161,6 +194,7 @@ class EndpointSpec:
             ),
             tags=dict(data.get("tags") or {}),
             rollout=rollout,
+            autoscaling=AutoscalePolicy.from_json(data.get("autoscaling")),
             rate_limits=top,
             ai_gateway_rate_limits=nested,
             extra=extra,

@@ -7,7 +7,7 @@ their staleness. Nothing here touches a provider or the gateway; the renderings 
 """
 
 from declare.plan.actions import Action, ActionKind, Plan
-from declare.plan.build import GatewayInput, PlanInput, build_plan
+from declare.plan.build import GatewayInput, PlanInput, RuntimeInput, build_plan
 
 __all__ = [
     "Action",
@@ -15,5 +15,6 @@ __all__ = [
     "GatewayInput",
     "Plan",
     "PlanInput",
+    "RuntimeInput",
     "build_plan",
 ]

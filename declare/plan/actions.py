@@ -26,6 +26,8 @@ Split = tuple[tuple[str, str, int], ...]  # (entity, generation, percentage) per
 class ActionKind(Enum):
     START_GATEWAY = "start-gateway"
     STOP_GATEWAY = "stop-gateway"
+    START_RUNTIME = "start-runtime"
+    STOP_RUNTIME = "stop-runtime"
     BUILD = "build"
     START_REPLICA = "start-replica"
     AWAIT_READY = "await-ready"
@@ -46,6 +48,8 @@ class ActionKind(Enum):
 _SYMBOLS = {
     ActionKind.START_GATEWAY: "+",
     ActionKind.STOP_GATEWAY: "-",
+    ActionKind.START_RUNTIME: "+",
+    ActionKind.STOP_RUNTIME: "-",
     ActionKind.BUILD: "+",
     ActionKind.START_REPLICA: "+",
     ActionKind.AWAIT_READY: "?",
@@ -74,6 +78,20 @@ class StartGateway:
 @dataclass(frozen=True)
 class StopGateway:
     KIND: ClassVar = ActionKind.STOP_GATEWAY
+
+
+@dataclass(frozen=True)
+class StartRuntime:
+    """Start the runtime that heals and scales between applies (`settings_hash`: of its
+    settings and of the environment it is started with, never the values)."""
+
+    KIND: ClassVar = ActionKind.START_RUNTIME
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class StopRuntime:
+    KIND: ClassVar = ActionKind.STOP_RUNTIME
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,8 @@ class StopOrphan:
 Payload = (
     StartGateway
     | StopGateway
+    | StartRuntime
+    | StopRuntime
     | Build
     | StartReplica
     | AwaitReady
@@ -191,6 +211,8 @@ PAYLOAD_TYPES: Mapping[ActionKind, type[Payload]] = {
     for t in (
         StartGateway,
         StopGateway,
+        StartRuntime,
+        StopRuntime,
         Build,
         StartReplica,
         AwaitReady,
@@ -209,7 +231,7 @@ PAYLOAD_TYPES: Mapping[ActionKind, type[Payload]] = {
 @dataclass(frozen=True)
 class Action:
     id: str  # unique address, e.g. endpoint.iris.entity[iris-2].replica[0].start
-    endpoint: str | None  # None for project-wide actions (gateway, builds, orphans)
+    endpoint: str | None  # None for project-wide actions (gateway, runtime, builds, orphans)
     summary: str  # one line for humans
     payload: Payload
 

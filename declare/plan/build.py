@@ -5,6 +5,8 @@ ordering constraints, each constraint commented where it is made:
 
 1. gateway   start the gateway when an endpoint needs it and it is not running (or its
              settings changed: stop, then start); stop it when no endpoint is left.
+   runtime   likewise the runtime (when declare.yaml enables it); when it stops, it stops
+             before anything else.
 2. builds    one build per distinct model environment that is not yet built (shared).
 3. replicas  start + await-ready per new replica.
 4. routes    one set-routes per created/updated endpoint: the atomic traffic switch. With a
@@ -38,9 +40,11 @@ from declare.plan.actions import (
     Split,
     StartGateway,
     StartReplica,
+    StartRuntime,
     StopGateway,
     StopOrphan,
     StopReplica,
+    StopRuntime,
 )
 from declare.provider import BuildInfo
 
@@ -57,6 +61,16 @@ class GatewayInput:
 
 
 @dataclass(frozen=True)
+class RuntimeInput:
+    """The runtime as it runs and as declare.yaml (and the environment) want it."""
+
+    enabled: bool
+    running: bool
+    settings_hash: str
+    recorded_hash: str | None = None  # from the state; None when never started
+
+
+@dataclass(frozen=True)
 class PlanInput:
     project: str
     changes: tuple[EndpointChange, ...]
@@ -67,6 +81,8 @@ class PlanInput:
     # Whether an endpoint still needs the gateway after this plan; None: judge from
     # `changes` (a targeted plan passes it, since endpoints it leaves out still serve).
     gateway_needed: bool | None = None
+    # The runtime; None in the runtime's own plans (it never starts or stops itself).
+    runtime: RuntimeInput | None = None
 
 
 class _Graph:
@@ -102,6 +118,7 @@ class _Graph:
 
 def build_plan(inp: PlanInput) -> Plan:
     g = _Graph()
+    stop_rt = _runtime_stop(g, inp)
     start_gw = _gateway_start(g, inp)
     builds = _builds(g, inp)
     inp = replace(inp, changes=tuple(_label_rebuilds(c, builds) for c in inp.changes))
@@ -116,6 +133,12 @@ def build_plan(inp: PlanInput) -> Plan:
             tails += _delete(g, change)
     tails += _orphans(g, inp)
     _gateway_stop(g, inp, tails)
+    _runtime_start(g, inp)
+    if stop_rt is not None:
+        # The runtime stops first: it must not heal what this plan takes down.
+        for aid in list(g.actions):
+            if aid != stop_rt and aid != "runtime.start":
+                g.edge(stop_rt, aid)
     return g.freeze(inp)
 
 
@@ -161,6 +184,48 @@ def _gateway_stop(g: _Graph, inp: PlanInput, tails: Sequence[str]) -> None:
     # The gateway goes last: endpoints being removed are drained through it first.
     for tail in tails:
         g.edge(tail, stop_id)
+
+
+# 1b. runtime ----------------------------------------------------------------------------
+
+
+def _runtime_wanted(inp: PlanInput) -> bool:
+    rt = inp.runtime
+    return rt is not None and rt.enabled and _gateway_needed(inp)
+
+
+def _runtime_stop(g: _Graph, inp: PlanInput) -> str | None:
+    """Stop the runtime when nothing needs it or its settings changed (then start again)."""
+    rt = inp.runtime
+    if rt is None or not (rt.running or rt.recorded_hash is not None):
+        return None
+    wanted = _runtime_wanted(inp)
+    changed = rt.recorded_hash is not None and rt.recorded_hash != rt.settings_hash
+    if wanted and rt.running and not changed:
+        return None
+    if wanted and not rt.running:
+        return None  # nothing to stop; _runtime_start starts it
+    why = " (its settings changed)" if wanted else ""
+    return g.add(Action("runtime.stop", None, f"stop the runtime{why}", StopRuntime()))
+
+
+def _runtime_start(g: _Graph, inp: PlanInput) -> None:
+    rt = inp.runtime
+    if rt is None or not _runtime_wanted(inp):
+        return
+    changed = rt.recorded_hash is not None and rt.recorded_hash != rt.settings_hash
+    if rt.running and not changed:
+        return
+    start_id = g.add(
+        Action(
+            "runtime.start",
+            None,
+            "start the runtime (replaces what dies, autoscales, scales to zero and wakes)",
+            StartRuntime(rt.settings_hash),
+        )
+    )
+    # A restart with new settings: the old runtime goes first.
+    g.edge("runtime.stop" if "runtime.stop" in g.actions else None, start_id)
 
 
 # 2. builds -----------------------------------------------------------------------------

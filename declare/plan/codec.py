@@ -41,9 +41,11 @@ from declare.plan.actions import (
     ShiftTraffic,
     StartGateway,
     StartReplica,
+    StartRuntime,
     StopGateway,
     StopOrphan,
     StopReplica,
+    StopRuntime,
 )
 from declare.state.document import EndpointRecord
 
@@ -55,8 +57,10 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
     match p:
         case StartGateway():
             return {"host": p.host, "port": p.port, "settings_hash": p.settings_hash}
-        case StopGateway() | RemoveRoutes():
+        case StopGateway() | RemoveRoutes() | StopRuntime():
             return {}
+        case StartRuntime():
+            return {"settings_hash": p.settings_hash}
         case Build():
             return {
                 "provider": p.provider,
@@ -108,6 +112,8 @@ _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
         str(d["host"]), int(d["port"]), str(d["settings_hash"])
     ),
     ActionKind.STOP_GATEWAY: lambda d: StopGateway(),
+    ActionKind.START_RUNTIME: lambda d: StartRuntime(str(d["settings_hash"])),
+    ActionKind.STOP_RUNTIME: lambda d: StopRuntime(),
     ActionKind.BUILD: lambda d: Build(
         str(d["provider"]),
         ResolvedModel.from_json(d["model"]),
@@ -180,6 +186,7 @@ def change_to_json(c: EndpointChange) -> dict[str, Any]:
         "after": {
             "spec": c.after.spec.to_json(),
             "models": {k: m.to_json() for k, m in c.after.models.items()},
+            "per_replica": c.after.per_replica,
         }
         if c.after
         else None,
@@ -200,6 +207,7 @@ def change_to_json(c: EndpointChange) -> dict[str, Any]:
         "stops": [h.to_json() for h in c.stops],
         "forgets": [h.to_json() for h in c.forgets],
         "route_push": c.route_push,
+        "routing_stale": c.routing_stale,
         "drift": list(c.drift),
         "capacity": [c.capacity_before, c.capacity_after, c.capacity_peak],
     }
@@ -216,6 +224,7 @@ def change_from_json(d: Mapping[str, Any]) -> EndpointChange:
         after=DesiredEndpoint(
             EndpointSpec.from_json(after["spec"]),
             {k: ResolvedModel.from_json(m) for k, m in after["models"].items()},
+            int(after.get("per_replica", 4)),
         )
         if after
         else None,
@@ -236,6 +245,7 @@ def change_from_json(d: Mapping[str, Any]) -> EndpointChange:
         stops=tuple(ReplicaHandle.from_json(h) for h in d.get("stops", [])),
         forgets=tuple(ReplicaHandle.from_json(h) for h in d.get("forgets", [])),
         route_push=bool(d.get("route_push")),
+        routing_stale=bool(d.get("routing_stale")),
         drift=tuple(d.get("drift", [])),
         capacity_before=int(cap[0]),
         capacity_after=int(cap[1]),

@@ -54,6 +54,10 @@ HEADER_KEYS = ("format_version", "serial", "lineage")
 POLL_FIRST = 0.01
 POLL_FACTOR = 2.0
 POLL_MAX = 0.25
+# The lock's operation while the runtime acts (declare.runtime.loop), and how long any
+# other command waits for it beyond its own --lock-timeout.
+RUNTIME_OPERATION = "runtime"
+RUNTIME_LOCK_WAIT_SECONDS = 300.0
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -393,8 +397,16 @@ def lock_with_retry(
         )
     with attempt() as lock:
         keeper = poll(lock.try_take, timeout_seconds)
+        waited = timeout_seconds
+        holder = lock.holder() if keeper is None else None
+        if holder is not None and holder.operation == RUNTIME_OPERATION:
+            # The runtime holds the lock only while it replaces or scales: a command waits
+            # for it, whatever its --lock-timeout, instead of failing on a routine action.
+            log.info("the runtime holds the state lock (%s): waiting for it", holder.id)
+            keeper = poll(lock.try_take, RUNTIME_LOCK_WAIT_SECONDS)
+            waited += RUNTIME_LOCK_WAIT_SECONDS
         if keeper is None:
-            raise locked_error(lock.holder(), lock.where, timeout_seconds)
+            raise locked_error(lock.holder(), lock.where, waited)
         return HeldLock(lock.claim(keeper, operation), keeper)
 
 

@@ -6,6 +6,7 @@ and `lineage`; this module gives that document its meaning:
     {
       "format_version": 1, "serial": 12, "lineage": "...",
       "gateway": {"host": "127.0.0.1", "port": 8787, "settings_hash": "..."} | null,
+      "runtime": {"settings_hash": "..."} | null,
       "endpoints": {
         "<name>": {
           "name", "provider", "config_version", "created_at", "updated_at",
@@ -18,7 +19,8 @@ and `lineage`; this module gives that document its meaning:
           "replicas": [<ReplicaRecord JSON>],        # every replica started and not yet stopped
           "status": {"config_update": "NOT_UPDATING"|"IN_PROGRESS"|"UPDATE_FAILED",
                      "message": str},
-          "pending": <EndpointSpec JSON> | null      # the config being applied now
+          "pending": <EndpointSpec JSON> | null,     # the config being applied now
+          "scale": {...}, "events": [...]            # the runtime's (declare.state.scaling)
         }
       }
     }
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from declare.model import EndpointSpec, ReplicaHandle, ResolvedModel, Route, short_hash
+from declare.state.scaling import EntityScale, ScaleEvent, kept_events
 
 FORMAT_VERSION = 1
 
@@ -64,6 +67,7 @@ class ReplicaRecord:
     index: int
     ready: bool = False  # passed the readiness check (a real prediction)
     retired: bool = False  # taken out of rotation: to be drained and stopped
+    started_at: float = 0.0  # unix seconds (0: recorded before declare kept it)
 
     @property
     def id(self) -> str:
@@ -83,6 +87,7 @@ class ReplicaRecord:
             "index": self.index,
             "ready": self.ready,
             "retired": self.retired,
+            "started_at": self.started_at,
         }
 
     @classmethod
@@ -92,6 +97,7 @@ class ReplicaRecord:
             int(data["index"]),
             bool(data.get("ready", False)),
             bool(data.get("retired", False)),
+            float(data.get("started_at", 0.0)),
         )
 
 
@@ -111,6 +117,8 @@ class EndpointRecord:
     config_version: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    scale: Mapping[str, EntityScale] = field(default_factory=dict)  # by entity: the runtime's
+    events: tuple[ScaleEvent, ...] = ()  # the runtime's recent decisions, newest last
 
     def generation(self, entity: str) -> str | None:
         """Generation of `entity` in the applied spec (None when not in it)."""
@@ -132,6 +140,34 @@ class EndpointRecord:
             for r in self.replicas
             if r.entity == entity and r.generation == gen and r.ready and not r.retired
         )
+
+    def current_count(self, entity: str, generation: str) -> int | None:
+        """The replicas `entity` runs for `generation` now: the runtime's recorded target,
+        else those in rotation; None when it serves nothing of that generation."""
+        scale = self.scale.get(entity)
+        if scale is not None and scale.generation == generation:
+            return scale.target
+        serving = self.serving_replicas(entity, generation)
+        return len(serving) if serving else None
+
+    def carrying_count(self) -> int | None:
+        """The count of the entity that carries the most traffic now (None: no traffic)."""
+        shares = [(pct, e, g) for e, g, pct in self.traffic() if pct > 0]
+        if not shares:
+            return None
+        _, entity, generation = max(shares)
+        return self.current_count(entity, generation)
+
+    def with_scale(self, entity: str, scale: EntityScale, event: ScaleEvent) -> EndpointRecord:
+        """A decision of the runtime for `entity`, recorded with its reason."""
+        return replace(
+            self,
+            scale={**self.scale, entity: scale},
+            events=kept_events(self.events, event),
+        )
+
+    def with_event(self, event: ScaleEvent) -> EndpointRecord:
+        return replace(self, events=kept_events(self.events, event))
 
     def traffic(self) -> tuple[tuple[str, str, int], ...]:
         """The split traffic follows now: (entity, generation, percentage) per target."""
@@ -183,6 +219,8 @@ class EndpointRecord:
             "replicas": [r.to_json() for r in self.replicas],
             "status": {"config_update": self.config_update, "message": self.message},
             "pending": self.pending.to_json() if self.pending else None,
+            "scale": {k: v.to_json() for k, v in sorted(self.scale.items())},
+            "events": [e.to_json() for e in self.events],
         }
 
     @classmethod
@@ -206,6 +244,8 @@ class EndpointRecord:
             config_version=int(data.get("config_version", 0)),
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
+            scale={k: EntityScale.from_json(v) for k, v in (data.get("scale") or {}).items()},
+            events=tuple(ScaleEvent.from_json(e) for e in data.get("events") or []),
         )
 
 
@@ -222,11 +262,22 @@ class RecordedGateway:
 
 
 @dataclass(frozen=True)
+class RecordedRuntime:
+    """The runtime as the state records it: the hash of what it was started with."""
+
+    settings_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings_hash": self.settings_hash}
+
+
+@dataclass(frozen=True)
 class State:
     serial: int = 0
     lineage: str = ""
     endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
     gateway: RecordedGateway | None = None
+    runtime: RecordedRuntime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,6 +285,7 @@ class State:
             "serial": self.serial,
             "lineage": self.lineage,
             "gateway": self.gateway.to_json() if self.gateway else None,
+            "runtime": self.runtime.to_json() if self.runtime else None,
             "endpoints": {name: ep.to_json() for name, ep in sorted(self.endpoints.items())},
         }
 
@@ -242,6 +294,7 @@ class State:
         if not data:
             return cls()
         gw = data.get("gateway")
+        rt = data.get("runtime")
         return cls(
             serial=int(data.get("serial", 0)),
             lineage=str(data.get("lineage", "")),
@@ -252,6 +305,7 @@ class State:
             gateway=RecordedGateway(gw["host"], int(gw["port"]), gw["settings_hash"])
             if gw
             else None,
+            runtime=RecordedRuntime(str(rt["settings_hash"])) if rt else None,
         )
 
     # -- pure updates -------------------------------------------------------------------

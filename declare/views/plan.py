@@ -11,7 +11,7 @@ from typing import Any
 
 from declare import __version__
 from declare.diff import Change, EndpointChange, FieldChange, Impact
-from declare.model import WORKLOAD_CONCURRENCY, EntitySpec
+from declare.model import AutoscalePolicy, EntitySpec, ReplicaRange
 from declare.plan.actions import ActionKind, Plan
 from declare.plan.codec import action_to_json
 
@@ -33,11 +33,10 @@ _IMPACT_NOTE = {
 
 def _fmt(value: Any) -> str:
     if isinstance(value, dict) and "model" in value and "workload_size" in value:
-        size = value["workload_size"]
-        n = value["replicas"]
+        n = str(value["replicas"])
         text = (
-            f"{value['model']}, {size} ({WORKLOAD_CONCURRENCY.get(size, '?')} concurrent), "
-            f"{value['workload_type']}, {n} replica{'s' if n != 1 else ''}"
+            f"{value['model']}, {value['workload_size']} ({value['concurrency']}), "
+            f"{value['workload_type']}, {n} replica{'' if n == '1' else 's'}"
         )
         if value.get("environment_vars"):
             text += f", env {', '.join(sorted(value['environment_vars']))}"
@@ -49,19 +48,22 @@ def _fmt(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _entity_lines(e: EntitySpec, model: str, sym: str) -> list[str]:
-    conc = WORKLOAD_CONCURRENCY.get(e.workload_size, "?")
-    n = e.replica_count
+def _entity_lines(
+    e: EntitySpec, model: str, sym: str, rng: ReplicaRange, policy: AutoscalePolicy
+) -> list[str]:
     lines = [
         f"      {sym} served_entity {json.dumps(e.name)} {{",
         f"          {sym} model         = {model}",
-        f"          {sym} workload      = {e.workload_size} ({conc} concurrent), {e.workload_type},"
-        f" {n} replica{'s' if n != 1 else ''}",
+        f"          {sym} workload      = {e.workload_size} ({e.concurrency_text()}), "
+        f"{e.workload_type}, {rng.describe(policy.scale_to_zero_after_seconds)}",
     ]
     if e.environment_vars:
         lines.append(f"          {sym} environment   = {', '.join(sorted(e.environment_vars))}")
     if e.scale_to_zero_enabled:
-        lines.append(f"          {sym} scale_to_zero = true (accepted; replicas stay up)")
+        lines.append(
+            f"          {sym} scale_to_zero = true (no replica after "
+            f"{policy.scale_to_zero_after_seconds:g} s without a request; the next one wakes it)"
+        )
     lines.append("        }")
     return lines
 
@@ -102,17 +104,22 @@ def _change_block(c: EndpointChange, plan: Plan) -> list[str]:
     lines.append(f"  {sym} endpoint {json.dumps(c.name)} {{")
     if c.kind is Change.CREATE and c.after is not None:
         lines.append(f"      + provider = {json.dumps(c.after.spec.provider)}")
-        for e in c.after.spec.entities:
-            lines += _entity_lines(e, c.after.models[e.name].describe(), "+")
+        after = c.after
+        for e in after.spec.entities:
+            lines += _entity_lines(
+                e, after.models[e.name].describe(), "+", after.range(e), after.spec.autoscaling
+            )
         routes = ", ".join(
             f"{r.served_entity_name} {r.traffic_percentage}%" for r in c.after.spec.routes
         )
         lines.append(f"      + traffic  = {routes}")
     elif c.kind is Change.DELETE and c.before is not None:
         if c.before.spec is not None:
-            for e in c.before.spec.entities:
+            spec = c.before.spec
+            for e in spec.entities:
                 model = c.before.models.get(e.name)
-                lines += _entity_lines(e, model.describe() if model else e.model_uri, "-")
+                shown = model.describe() if model else e.model_uri
+                lines += _entity_lines(e, shown, "-", e.replica_range(), spec.autoscaling)
         lines.append(f"      - replicas = {len(c.before.replicas)}")
     else:
         for f in c.fields:

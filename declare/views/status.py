@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from declare.describe import describe
+from declare.describe import describe, entity_state
 from declare.diff import Actual
-from declare.state.document import State
+from declare.ports import RuntimeStatus
+from declare.state.document import EndpointRecord, State
+from declare.state.scaling import utc
 
 
 def state_lines(state: State, url: Callable[[str], str]) -> list[str]:
@@ -32,13 +34,34 @@ def state_lines(state: State, url: Callable[[str], str]) -> list[str]:
         for rep in ep.replicas:
             flag = "in rotation" if rep.ready and not rep.retired else "not in rotation"
             out.append(f"  replica {rep.id} [{rep.entity}] {rep.handle.url} ({flag})")
+        for ev in ep.events[-5:]:
+            out.append(f"  {utc(ev.at)} {ev.entity} {ev.kind}: {ev.detail}")
         out.append(f"  url: {url(name)}")
     return out
 
 
-def status_json(state: State, actual: Actual, url: Callable[[str], str]) -> dict[str, Any]:
-    """`declare status --json`: the gateway, and each endpoint as Databricks describes it
-    plus what declare sees (`declare`: URL, replicas alive and recorded, message)."""
+def _entities(record: EndpointRecord, actual: Actual) -> dict[str, Any]:
+    """Per served entity: replicas alive in rotation, the runtime's target and why."""
+    out: dict[str, Any] = {}
+    for e in record.spec.entities if record.spec else ():
+        serving = record.serving_replicas(e.name)
+        scale = record.scale.get(e.name)
+        out[e.name] = {
+            "replicas_in_rotation": sum(actual.alive(x.id) for x in serving),
+            "range": e.replica_range().short(),
+            "target": scale.target if scale else len(serving),
+            "reason": scale.reason if scale else "",
+            "state": entity_state(record, e.name),
+        }
+    return out
+
+
+def status_json(
+    state: State, actual: Actual, url: Callable[[str], str], runtime: RuntimeStatus | None
+) -> dict[str, Any]:
+    """`declare status --json`: the gateway, the runtime, and each endpoint as Databricks
+    describes it plus what declare sees (`declare`: URL, replicas alive and recorded, the
+    message, each entity's count and the runtime's reason, its recent decisions)."""
     endpoints = []
     for name, ep in sorted(state.endpoints.items()):
         desc = describe(ep)
@@ -47,17 +70,31 @@ def status_json(state: State, actual: Actual, url: Callable[[str], str]) -> dict
             "replicas_alive": sum(actual.alive(rep.id) for rep in ep.replicas),
             "replicas_recorded": len(ep.replicas),
             "message": ep.message,
+            "entities": _entities(ep, actual),
+            "events": [
+                {"at": utc(ev.at), "entity": ev.entity, "kind": ev.kind, "detail": ev.detail}
+                for ev in ep.events[-5:]
+            ],
         }
         endpoints.append(desc)
     return {
         "gateway": "running" if actual.gateway_running else "not running",
+        "runtime": {"running": True, "pid": runtime.pid, "keeper_pid": runtime.keeper_pid}
+        if runtime
+        else {"running": False},
         "endpoints": endpoints,
     }
 
 
 def status_lines(status: dict[str, Any], host: str, port: int) -> list[str]:
     """`declare status`: one line per endpoint (and its message)."""
-    out = [f"gateway: {status['gateway']} on {host}:{port}"]
+    rt = status["runtime"]
+    out = [
+        f"gateway: {status['gateway']} on {host}:{port}",
+        f"runtime: running (pid {rt['pid']}, keeper {rt['keeper_pid']})"
+        if rt["running"]
+        else "runtime: not running (nothing heals or scales between applies)",
+    ]
     if not status["endpoints"]:
         out.append("no endpoints")
     for d in status["endpoints"]:
@@ -69,4 +106,10 @@ def status_lines(status: dict[str, Any], host: str, port: int) -> list[str]:
         )
         if extra["message"]:
             out.append(f"  {extra['message'].splitlines()[0]}")
+        for name, ent in extra["entities"].items():
+            line = f"  {name}: {ent['replicas_in_rotation']} in rotation, target {ent['target']}"
+            line += f" of {ent['range']}; {ent['state']['deployment_state_message']}"
+            out.append(line)
+            if ent["reason"]:
+                out.append(f"    last decision: {ent['reason']}")
     return out

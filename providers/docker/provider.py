@@ -67,6 +67,7 @@ class DockerProvider:
         )
         self.artifacts = ModelArtifacts(root / "models")
         self.images = ImageRecord(root / "images.json", self._lock_path)
+        self.replica_concurrency = self.settings.replica_concurrency
         self._plans: dict[str, images.ImagePlan] = {}
         self._plans_lock = threading.Lock()
 
@@ -178,7 +179,8 @@ class DockerProvider:
         return self.containers.handle(container.attrs)
 
     def status(self, handle: ReplicaHandle) -> ReplicaStatus:
-        """ALIVE while the handle's container (by its id) runs and is not restarting."""
+        """ALIVE while the handle's container (by its id) runs, or while the engine restarts
+        it under a restart policy other than `no`; DEAD with the reason otherwise."""
         container = self.containers.get(handle)
         if container is None:
             return ReplicaStatus(
@@ -187,6 +189,9 @@ class DockerProvider:
         state = container.attrs.get("State") or {}
         if state.get("Running") and not state.get("Restarting"):
             return ReplicaStatus(handle, Liveness.ALIVE)
+        if state.get("Restarting") and self.settings.restart_policy != "no":
+            # The engine restarts it under its restart policy: one restarter, not two.
+            return ReplicaStatus(handle, Liveness.ALIVE, "restarting under its restart policy")
         return ReplicaStatus(handle, Liveness.DEAD, self.containers.death_reason(handle, state))
 
     def stop_replica(self, handle: ReplicaHandle, grace_seconds: float) -> None:

@@ -312,6 +312,7 @@ class ForkServer:
         os.close(log_fd)
         os.close(report_w)
         self.warm.watch(report_r)
+        _await_session(pid)
         _answer(conn, pid)
         return None
 
@@ -328,6 +329,19 @@ class ForkServer:
         """In a child: close the server's socket and lock (without removing the socket file)."""
         self.socket.close(remove=False)
         self.warm.close_reports()
+
+
+def _await_session(pid: int, timeout: float = 5.0) -> None:
+    """Wait until the child leads its own session (its `setsid`), so that the provider's
+    first signal to its process group, however soon, reaches it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.getsid(pid) == pid:
+                return
+        except ProcessLookupError:
+            return
+        time.sleep(0.001)
 
 
 def _note_forked(log_fd: int, replica_id: str) -> None:

@@ -173,6 +173,10 @@ class LocalProvider:
         """Stop this state folder's fork server; its replicas go on. Idempotent."""
         self.forkserver.stop(grace_seconds)
 
+    def stop_helpers(self) -> None:
+        """`declare.provider.HelperProcesses`: the fork server, after a destroy."""
+        self.stop_forkserver()
+
     # -- internals --------------------------------------------------------------------------
 
     def _process(self, handle: ReplicaHandle) -> procs.ProcessId:

@@ -203,6 +203,7 @@ def cli_project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliPr
     p = CliProject(tmp_path, mlflow_project.tracking_uri)
     yield p
     p.declare("destroy", "--auto-approve")
+    p.stop_leftovers()
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
 """The local provider against real MLflow scoring servers, started from a real sqlite registry.
 
-Every process here is started by the provider under test and stopped by its recorded
-(pid, start time); the PID-reuse test starts its own stand-in process and kills it by PID.
+Every test that uses `local_provider` runs for both launchers (`providers.local.launcher`):
+`fork` (with the fork server started and answering first, so replicas are really forked)
+and `exec` (`mlflow models serve`). Every process here is started by the provider under test
+and stopped by its recorded (pid, start time), the fork server by `stop_forkserver`; the
+PID-reuse test starts its own stand-in process and kills it by PID.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 
@@ -54,6 +58,35 @@ def _group_members(pgid: int) -> list[tuple[int, str]]:
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.fixture(params=["fork", "exec"])
+def launcher(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def provider_context(tmp_path: Path, launcher: str) -> ProviderContext:
+    project_dir = tmp_path / "project"
+    project_dir.mkdir()
+    return ProviderContext(
+        project="itest",
+        project_dir=project_dir,
+        state_dir=project_dir / "state",
+        settings={"launcher": launcher},
+    )
+
+
+@pytest.fixture
+def local_provider(provider_context: ProviderContext, launcher: str) -> Iterator[LocalProvider]:
+    provider = LocalProvider(provider_context)
+    if launcher == "fork":
+        assert provider.start_forkserver(wait_seconds=60), "the fork server did not answer"
+    yield provider
+    for handle in provider.list_owned():
+        provider.stop_replica(handle, grace_seconds=2.0)
+    provider.stop_forkserver()
+    assert provider.forkserver.running() is None
 
 
 def _wait_dead(provider: LocalProvider, handle: ReplicaHandle, timeout: float) -> str:
@@ -147,7 +180,10 @@ def test_a_replica_whose_model_cannot_load_dies_with_the_error_in_its_log(
 
 
 def test_stop_leaves_no_process_of_the_group_and_keeps_the_log(
-    local_provider: LocalProvider, mlflow_project: MlflowProject, provider_context: ProviderContext
+    local_provider: LocalProvider,
+    mlflow_project: MlflowProject,
+    provider_context: ProviderContext,
+    launcher: str,
 ) -> None:
     model = mlflow_project.resolve("models:/iris/1")
     spec = replica_spec(
@@ -160,7 +196,12 @@ def test_stop_leaves_no_process_of_the_group_and_keeps_the_log(
     pid = int(handle.data["pid"])
 
     members = _group_members(pid)
-    assert len(members) >= 2, members  # the MLflow launcher and its uvicorn child
+    if launcher == "exec":
+        assert len(members) >= 2, members  # the MLflow launcher and its uvicorn child
+    else:
+        assert [p for p, _ in members] == [pid], members  # uvicorn in the forked process
+        assert "forked by the fork server" in local_provider.logs(handle, tail=200)
+    assert os.getpgid(pid) == pid
     assert any("uvicorn" in cmd for _, cmd in members), members
     env = _environ(pid)
     assert env["MY_SETTING"] == "on"
@@ -275,6 +316,7 @@ def test_an_unreadable_record_is_named_in_the_error(
         ({"workers": 0}, "workers: must be a whole number"),
         ({"workers": "2"}, "workers: must be a whole number"),
         ({"replicas": 3}, "unknown setting 'replicas'"),
+        ({"launcher": "spawn"}, "launcher: must be one of fork, exec"),
     ],
 )
 def test_bad_settings_are_config_errors(
@@ -287,6 +329,9 @@ def test_loopback_settings_are_accepted(tmp_path: Path) -> None:
     ctx = ProviderContext("p", tmp_path, tmp_path, settings={"host": "localhost", "workers": 2})
     provider = LocalProvider(ctx)
     assert (provider.settings.host, provider.settings.workers) == ("127.0.0.1", 2)
+    assert provider.settings.launcher == "fork"
+    ctx = ProviderContext("p", tmp_path, tmp_path, settings={"launcher": "exec"})
+    assert LocalProvider(ctx).settings.launcher == "exec"
     other = ProviderContext("p", tmp_path, tmp_path, settings={"host": "127.0.0.2"})
     assert LocalProvider(other).settings.host == "127.0.0.2"
 

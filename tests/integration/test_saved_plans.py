@@ -25,10 +25,13 @@ from tests.support import CliProject, manifest
 def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
     folder = tmp_path / "proj"
     folder.mkdir()
-    p = CliProject(folder, mlflow_project.tracking_uri)
+    # Without the runtime: these tests kill replicas to see drift in saved plans and in
+    # --refresh-only, which the runtime would repair first.
+    p = CliProject(folder, mlflow_project.tracking_uri, "runtime:\n  enabled: false\n")
     p.write(manifest("iris", "1"))
     yield p
     p.declare("destroy", "--auto-approve")
+    p.stop_leftovers()
 
 
 def _ok(result) -> None:  # type: ignore[no-untyped-def]

@@ -86,6 +86,7 @@ def project(tmp_path: Path, flaky_registry: MlflowProject) -> Iterator[CliProjec
     p.write(manifest("iris", "1"))
     yield p
     p.declare("destroy", "--auto-approve")
+    p.stop_leftovers()
 
 
 def record(scenario: str, sent: int, failed: int, outcome: str) -> None:

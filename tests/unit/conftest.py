@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from declare.cli import main
+from providers.fake import reset_worlds
+from tests.fakes import FakeClock, FakeProbe, reset_gateways
+from tests.unit.fake_world import World
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,14 @@ def declare_cli(
         return Ran(code if isinstance(code, int) else 1, out.out, out.err)
 
     return run
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A project whose boundaries are all in memory (tests.unit.fake_world)."""
+    reset_worlds()
+    reset_gateways()
+    knobs: dict[str, set[str]] = {"start": set(), "build": set(), "stop": set()}
+    yield World(tmp_path, FakeProbe(), FakeClock(), [], knobs)
+    reset_worlds()
+    reset_gateways()

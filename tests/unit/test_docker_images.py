@@ -114,7 +114,7 @@ def test_an_engine_of_an_unknown_architecture_is_refused(tmp_path: Path) -> None
 def test_settings_defaults_are_for_users_on_the_internet(tmp_path: Path) -> None:
     s = DockerSettings.parse({}, tmp_path)
     assert s.base_image == "python:3.11-slim"
-    assert s.host == "127.0.0.1" and s.restart_policy == "unless-stopped"
+    assert s.host == "127.0.0.1" and s.restart_policy == "no" and s.replica_concurrency == 4
     assert s.cpus == 1.0 and s.memory_bytes == 2 * 2**30
     assert s.wheel_cache.parts[-2:] == ("declare", "wheels")
 

@@ -80,7 +80,7 @@ def test_plan_format_markdown_with_detailed_exitcode(
     result = declare_cli("plan", "--format", "markdown", "--detailed-exitcode", str(fake_project))
     assert result.returncode == 2, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "**declare plan:** 1 to create, 0 to update, 0 to destroy; 5 actions."
+    assert lines[0] == "**declare plan:** 1 to create, 0 to update, 0 to destroy; 6 actions."
     assert "| `demo` | create |" in result.stdout and "| m 100% | 1 |" in result.stdout
     assert "<details>" in result.stdout
     # --json stays an alias of --format json; the two cannot disagree.
