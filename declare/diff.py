@@ -416,7 +416,8 @@ def _field_changes(r: EndpointRecord | None, d: DesiredEndpoint) -> tuple[FieldC
 
 
 def _endpoint_field_changes(before: EndpointSpec, after: EndpointSpec) -> list[FieldChange]:
-    """Tags, rollout, rate limits and the recorded Databricks sections: all live changes."""
+    """Tags, rollout, rate limits, autoscaling timings and the recorded Databricks sections:
+    all live changes."""
     out: list[FieldChange] = []
     if dict(before.tags) != dict(after.tags):
         out.append(FieldChange("tags", dict(before.tags), dict(after.tags), Impact.LIVE))
@@ -430,6 +431,15 @@ def _endpoint_field_changes(before: EndpointSpec, after: EndpointSpec) -> list[F
                 "rate_limits",
                 [r.to_json() for r in before.rate_limits],
                 [r.to_json() for r in after.rate_limits],
+                Impact.LIVE,
+            )
+        )
+    if before.autoscaling != after.autoscaling:
+        out.append(
+            FieldChange(
+                "autoscaling",
+                before.autoscaling.to_json(),
+                after.autoscaling.to_json(),
                 Impact.LIVE,
             )
         )

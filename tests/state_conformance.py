@@ -29,7 +29,7 @@ import pytest
 
 from declare import __version__
 from declare.errors import ConfigError, StaleStateError, StateError, StateLockedError
-from declare.state.backend import FORMAT_VERSION, LockInfo, StateBackend
+from declare.state.backend import FORMAT_VERSION, RUNTIME_OPERATION, LockInfo, StateBackend
 
 BackendFactory = Callable[[], StateBackend]
 
@@ -231,6 +231,27 @@ def check_unlock_lets_a_waiting_process_in(factory: BackendFactory) -> None:
     assert factory().lock_info() is None  # the child unlocked before it exited
 
 
+def check_a_runtime_lock_is_waited_for_whatever_the_timeout(factory: BackendFactory) -> None:
+    """The runtime holds the lock only while it replaces or scales: another command with
+    --lock-timeout 0 waits for it instead of failing."""
+    backend = factory()
+    info = backend.lock(RUNTIME_OPERATION, 0)
+    unlocked = False
+    try:
+        with _child(_child_try_lock, factory, "apply", 0.0) as child:
+            assert child.recv() == "waiting"
+            time.sleep(0.5)
+            assert factory().lock_info() == info
+            backend.unlock(info.id)
+            unlocked = True
+            outcome, theirs, waited = child.recv()
+        assert outcome == "ok", theirs
+        assert waited >= 0.4, waited
+    finally:
+        if not unlocked:
+            backend.unlock(info.id)
+
+
 def check_force_unlock(factory: BackendFactory) -> None:
     backend = factory()
     with _child(_child_hold, factory, "apply") as child:
@@ -291,6 +312,7 @@ CHECKS: tuple[Callable[[BackendFactory], None], ...] = (
     check_locked_context_releases_on_error,
     check_lock_blocks_another_process,
     check_unlock_lets_a_waiting_process_in,
+    check_a_runtime_lock_is_waited_for_whatever_the_timeout,
     check_force_unlock,
     check_lock_of_a_killed_process_is_taken_over,
 )

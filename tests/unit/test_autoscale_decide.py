@@ -4,6 +4,8 @@ request; Databricks' validation of explicit concurrency."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from declare.model.scaling import (
@@ -140,3 +142,36 @@ def test_a_pinned_count_only_goes_to_zero_and_back() -> None:
     assert wake is not None and wake.target == 3
     zero = _decide(3, Demand(), memory.trace(KEY), rng, 1900.0)
     assert zero is not None and zero.target == 0
+
+
+# -- what reaches the gateway and the plan ---------------------------------------------------
+
+
+def test_the_routing_table_carries_the_endpoints_hold_and_a_change_is_a_live_push() -> None:
+    from dataclasses import replace as _replace
+
+    from declare.diff import diff
+    from declare.model import AutoscalePolicy
+    from declare.plan.actions import ActionKind
+    from declare.routing import routing_table
+    from tests.unit.planning_fixtures import applied, desired, plan_of
+
+    def held(seconds: float) -> Any:
+        d = desired(("1", 100))
+        return _replace(d, spec=_replace(d.spec, autoscaling=AutoscalePolicy(hold_seconds=seconds)))
+
+    state, actual = applied(held(60))
+    assert routing_table(state, 1).endpoints["iris"].hold_seconds == 60
+    assert not diff([held(60)], state, actual, "gw")[0].route_push
+    plan = plan_of(diff([held(5)], state, actual, "gw"))
+    assert [a.kind for a in plan.actions] == [ActionKind.SET_ROUTES]
+
+
+def test_a_project_without_the_runtime_holds_no_request(tmp_path: Any) -> None:
+    from declare.project import open_project
+
+    (tmp_path / "declare.yaml").write_text("runtime:\n  enabled: false\n")
+    assert open_project(tmp_path, {}).gateway_settings().hold_queue == 0
+    on = tmp_path / "on"
+    on.mkdir()
+    assert open_project(on, {}).gateway_settings().hold_queue == 1000

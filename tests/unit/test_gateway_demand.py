@@ -279,3 +279,30 @@ def test_a_held_request_wakes_when_an_ejection_ends() -> None:
     result, waited = asyncio.run(scenario())
     assert isinstance(result, Picked) and result.replica.id == "a-0"
     assert 0.1 <= waited < 0.6
+
+
+# -- the kept table: a gateway started again routes as before ------------------------------
+
+
+def test_a_gateway_started_again_loads_the_table_pushed_last(tmp_path: Any) -> None:
+    from declare.gateway.admin import keep_table
+    from declare.gateway.config import GatewayConfig
+    from declare.gateway.server import Gateway
+
+    path = tmp_path / "table.json"
+    pushed = table({"a": ["r1", "r2"]}, hold=5, version=7)
+    keep_table(path, pushed.to_json())
+    gateway = Gateway(GatewayConfig(admin_token="t", table_file=path))
+    assert gateway.table.version == 7
+    assert gateway.table.endpoints["ep"].hold_seconds == 5
+    assert [r.id for r in gateway.table.endpoints["ep"].entities["a"]] == ["r1", "r2"]
+
+
+def test_a_kept_table_that_does_not_parse_is_not_used(tmp_path: Any) -> None:
+    from declare.gateway.config import GatewayConfig
+    from declare.gateway.server import Gateway
+
+    path = tmp_path / "table.json"
+    path.write_text("{not json")
+    assert Gateway(GatewayConfig(admin_token="t", table_file=path)).table.endpoints == {}
+    assert Gateway(GatewayConfig(admin_token="t")).table.endpoints == {}
