@@ -34,6 +34,7 @@ def await_ready(
     bad_answers = 0
     last = "no answer yet"
     with httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0)) as client:
+        waits = 0
         while True:
             alive, reason = is_alive()
             if not alive:
@@ -65,7 +66,10 @@ def await_ready(
                     f"replica {handle.id} ({handle.entity}) not ready after "
                     f"{timeout_seconds:.0f} s (last: {last})\n{_tail(log_tail())}"
                 )
-            time.sleep(poll_seconds)
+            # a forked replica answers within a tenth of a second: look again soon at
+            # first, then every `poll_seconds`
+            waits += 1
+            time.sleep(min(poll_seconds, 0.01 * 2**waits))
 
 
 def _tail(text: str) -> str:

@@ -120,11 +120,29 @@ def stopping(state_dir: Path) -> bool:
     return (runtime_dir(state_dir) / STOP_MARK).exists()
 
 
+ORIGINAL_PYTHONPATH = "DECLARE_ORIGINAL_PYTHONPATH"
+
+
 def child_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of the runtime and the keeper: declare's, with its code importable."""
+    """The environment of the runtime and the keeper: declare's, with its code importable.
+    The PYTHONPATH they were given is kept aside (`restore_environment`), so that replicas
+    the runtime starts get the very environment of those `apply` starts."""
     env = procs.venv_path_env(environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    original = environ.get(ORIGINAL_PYTHONPATH, environ.get("PYTHONPATH", ""))
+    env[ORIGINAL_PYTHONPATH] = original
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, original) if p)
     return env
+
+
+def restore_environment() -> None:
+    """In the runtime, once its imports are done: PYTHONPATH back as `apply` had it."""
+    if ORIGINAL_PYTHONPATH not in os.environ:
+        return
+    original = os.environ.pop(ORIGINAL_PYTHONPATH)
+    if original:
+        os.environ["PYTHONPATH"] = original
+    else:
+        os.environ.pop("PYTHONPATH", None)
 
 
 def spawn(state_dir: Path, argv: Sequence[str], log_name: str) -> procs.ProcessId:

@@ -26,6 +26,7 @@ from declare.runtime_control import (
     keeper_argv,
     locked_record,
     read_record,
+    restore_environment,
     spawn,
     stopping,
     update_record,
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    restore_environment()
     project = open_project(args.project_dir)
     state_dir = project.config.state_dir
     if not claim(state_dir):

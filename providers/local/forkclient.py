@@ -43,6 +43,7 @@ __all__ = ["ForkServerClient", "ForkUnavailable", "server_env"]
 RECORD_FORMAT = 1
 # A fork server that started longer ago than this and still does not answer is replaced.
 STARTUP_SECONDS = 120.0
+STARTED_WAIT_SECONDS = 15.0  # how long a start waits for a fork server it just started
 # How long a fork request may wait for its answer (a server may be importing what it learned).
 ANSWER_SECONDS = 30.0
 # The folder the `providers` package is in: the fork server's working folder, so that
@@ -159,13 +160,23 @@ class ForkServerClient:
                 return False
             time.sleep(0.05)
 
+    def _answers_within(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def fork(self, message: Mapping[str, Any]) -> procs.ProcessId:
         """Ask for one replica; its identity, or ForkUnavailable saying why not."""
         proc, started = self.ensure()
-        if started:
+        if started and not self._answers_within(STARTED_WAIT_SECONDS):
+            # Waiting for a new fork server (its imports, ~1.5 s) and forking beats a new
+            # interpreter (~6 s); one that does not answer soon is left for the next ones.
             raise ForkUnavailable(
-                f"the fork server was not running; it was started (pid {proc.pid}) for the "
-                "next replicas"
+                f"the fork server was not running; it was started (pid {proc.pid}) but did not "
+                f"answer within {STARTED_WAIT_SECONDS:g} s, so it serves the next replicas"
             )
         try:
             answer, sock = self._ask({"op": "fork", **message}, ANSWER_SECONDS)
