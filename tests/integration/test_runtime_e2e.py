@@ -8,7 +8,8 @@ reported). Elastic: scale up under load and down after a quiet period, scale to 
 back with the first request answered, a held request past its hold answered 503.
 
 Each test prints its figures (requests, failures, the longest stretch without a 200, times
-to recover); load is bounded in requests and time.
+to recover) and adds them to the reliability table printed at the end of a run that has
+tests/reliability too; load is bounded in requests and time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from declare import procs
+from tests.reliability.conftest import record
 from tests.support import CliProject, Load
 
 pytestmark = pytest.mark.integration
@@ -112,6 +114,12 @@ def kill_under_load(project: CliProject, count: int) -> Load:
         f"{load.failed} failed {dict(load.results)}, longest stretch without a 200 "
         f"{load.longest_gap:.2f} s"
     )
+    record(
+        "(h) the only replica SIGKILLed" if count == 1 else "(i) 1 of 2 replicas SIGKILLed",
+        load.sent,
+        load.failed,
+        f"replaced by the runtime; longest stretch without a 200 {load.longest_gap:.2f} s",
+    )
     return load
 
 
@@ -149,6 +157,12 @@ def test_a_killed_gateway_is_started_again(cli_project: CliProject) -> None:
         f"\nSIGKILL of the gateway: answering again after {back:.2f} s; {load.sent} "
         f"requests, {load.failed} refused {dict(load.results)}, longest stretch without a "
         f"200 {load.longest_gap:.2f} s"
+    )
+    record(
+        "(j) the gateway SIGKILLed",
+        load.sent,
+        load.failed,
+        f"started again by the runtime; connections refused for {load.longest_gap:.2f} s",
     )
     assert cli_project.gateway_pid() != gateway
     assert procs.is_running(cli_project.gateway_pid())
@@ -253,6 +267,12 @@ def test_scale_up_under_load_and_down_after_quiet(cli_project: CliProject) -> No
         f"\nstep to 16 clients: {most} replicas, the 2nd in rotation {up:.2f} s after the "
         f"step; {load.sent} requests, {load.failed} failed"
     )
+    record(
+        "(k) step to 16 clients, range 1..3",
+        load.sent,
+        load.failed,
+        f"2nd replica in rotation {up:.2f} s after the step; {most} at most",
+    )
     assert load.failed == 0, dict(load.results)
     assert "scale" in kinds(cli_project)
     assert entity_status(cli_project)["range"] == "1..3"
@@ -285,6 +305,8 @@ def test_scale_to_zero_and_back(cli_project: CliProject) -> None:
     first = cli_project.predict()
     woke = time.monotonic() - started
     print(f"\nfirst response after scale to zero: {first.status_code} in {woke:.2f} s")
+    record("(l) first request after scale to zero", 1, int(first.status_code != 200),
+           f"held, answered {first.status_code} after {woke:.2f} s")  # fmt: skip
     assert first.status_code == 200, first.text
     assert "predictions" in first.json()
     assert len(live(cli_project)) == 1
