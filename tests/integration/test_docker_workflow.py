@@ -13,6 +13,7 @@ container and no image.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import time
@@ -219,6 +220,47 @@ def test_docker_lifecycle(project: DockerProject, mlflow_project: MlflowProject)
         project.predict()
     record = json.loads((project.folder / "state" / "docker" / "images.json").read_text())
     assert record["images"] == []
+
+
+def test_docker_scales_up_and_to_zero_and_back(project: DockerProject) -> None:
+    """The runtime on the docker provider: scale up under load, down after quiet, to zero
+    and back with the first request answered, its time next to the replica's own start."""
+    project.write(
+        manifest("iris", "1").replace(
+            "      workload_size: Small\n",
+            "      min_provisioned_concurrency: 0\n      max_provisioned_concurrency: 8\n"
+            "      scale_to_zero_enabled: true\n",
+        )
+        + "autoscaling:\n  scale_down_after_seconds: 3\n  scale_to_zero_after_seconds: 4\n"
+    )
+    ok(project.declare("apply", "--auto-approve", timeout=900))
+    assert len(project.containers()) == 1
+    with Load(project.url, threads=12, max_requests=20_000, max_seconds=120) as load:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(project.recorded()) < 2:
+            time.sleep(0.2)
+        time.sleep(2)
+    assert len(project.recorded()) == 2, project.events()
+    assert load.failed == 0, dict(load.results)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and project.recorded():
+        time.sleep(0.5)
+    assert project.recorded() == [] and project.containers() == [], project.events()
+    started = time.monotonic()
+    first = project.predict()
+    woke = time.monotonic() - started
+    assert first.status_code == 200, first.text
+    log = (project.folder / "state" / "runtime" / "runtime.log").read_text()
+    starts = [float(x) for x in re.findall(r"replica\[0\]\.start: done after ([\d.]+)s", log)]
+    readies = [float(x) for x in re.findall(r"replica\[0\]\.ready: done after ([\d.]+)s", log)]
+    own = starts[-1] + readies[-1]
+    print(
+        f"\ndocker: scaled up under 12 clients ({load.sent} requests, 0 failed); first 200 "
+        f"after scale to zero {woke:.2f} s, the replica's own start {own:.2f} s "
+        f"(container {starts[-1]:.2f} s + model load to first prediction {readies[-1]:.2f} s)"
+    )
+    kinds = [e["kind"] for e in project.events()]
+    assert "scale" in kinds and "zero" in kinds and "wake" in kinds, kinds
 
 
 def test_an_unreachable_engine_stops_plan_and_apply_before_anything_changes(

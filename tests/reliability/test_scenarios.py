@@ -207,7 +207,9 @@ def test_f_apply_killed_at_several_points(project: CliProject) -> None:
 
 def test_second_apply_waits_for_the_lock_then_names_the_holder(project: CliProject) -> None:
     _ok(_apply(project))
-    project.write(manifest("iris", "2"))
+    # A canary that bakes 8 s holds the lock that long, however fast replicas start.
+    bake = "rollout:\n  strategy: canary\n  steps: [50, 100]\n  bake_seconds: 8\n"
+    project.write(manifest("iris", "2", rollout=bake))
     first = subprocess.Popen(
         project.argv("apply", "--auto-approve"),
         stdout=subprocess.PIPE,
