@@ -9,7 +9,8 @@ runtime carries from tick to tick). `decide` says what the target should become 
 - scale up as soon as demand exceeds what the target serves (ceil(demand / per replica)),
   to at most the range's top; from zero as soon as one request is held (wake);
 - scale down one replica at a time, only once the demand of the whole quiet period
-  (`scale_down_after_seconds`) fitted one replica fewer, never below the range's bottom;
+  (`scale_down_after_seconds`) fitted one replica fewer and that period has passed since
+  the entity's last change of count, never below the range's bottom;
 - to zero (when the range allows it) once no request came for `scale_to_zero_after_seconds`.
 
 A count inside the declared range is the runtime's business, never a change in `plan`.
@@ -102,6 +103,7 @@ def decide(
     policy: AutoscalePolicy,
     per_replica: int,
     now: float,
+    last_change_at: float | None = None,
 ) -> Verdict | None:
     """The entity's new target, or None to keep it (see the module docstring)."""
     if not rng.autoscaled:
@@ -130,6 +132,8 @@ def decide(
     quiet_from = now - policy.scale_down_after_seconds
     if trace.since > quiet_from:
         return None  # not watched for a whole quiet period yet
+    if last_change_at is not None and now - last_change_at < policy.scale_down_after_seconds:
+        return None  # one step down per quiet period, as Databricks scales down
     floor = max(rng.low, 1)
     recent = trace.peak_since(quiet_from)
     if not rng.pinned and target > floor and needed(recent, per_replica) <= target - 1:

@@ -156,6 +156,7 @@ class Runtime:
                     policy=d.spec.autoscaling,
                     per_replica=d.per_replica,
                     now=now,
+                    last_change_at=scale.at if scale.reason else None,
                 )
                 if verdict is None or verdict.target == scale.target:
                     continue

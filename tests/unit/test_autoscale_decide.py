@@ -175,3 +175,20 @@ def test_a_project_without_the_runtime_holds_no_request(tmp_path: Any) -> None:
     on = tmp_path / "on"
     on.mkdir()
     assert open_project(on, {}).gateway_settings().hold_queue == 1000
+
+
+def test_the_next_step_down_waits_another_quiet_period() -> None:
+    trace = Memory().observe(KEY, 0.0, Demand(), 400)
+    for i in range(1, 40):
+        trace = trace.observe(KEY, 10.0 * i, Demand(), 400)
+    quiet = trace.trace(KEY)
+    step = decide(
+        rng=ReplicaRange(1, 4), target=3, demand=Demand(), trace=quiet, policy=POLICY,
+        per_replica=4, now=390.0, last_change_at=380.0,
+    )  # fmt: skip
+    assert step is None  # 10 s after the last step down
+    step = decide(
+        rng=ReplicaRange(1, 4), target=3, demand=Demand(), trace=quiet, policy=POLICY,
+        per_replica=4, now=390.0, last_change_at=80.0,
+    )  # fmt: skip
+    assert step is not None and step.target == 2
