@@ -256,56 +256,8 @@ class Runtime:
             return
         executor = Executor(project, plan, state, hooks=self.view, record_status=False)
         result = executor.run()
-        self._record_replacements(executor.state, plan, result.endpoints)
-        self._record_failures(executor.state, result.endpoints, plan)
-
-    def _record_replacements(
-        self, state: State, plan: Plan, outcomes: tuple[EndpointOutcome, ...]
-    ) -> None:
-        """Each replica replaced without an apply, in its endpoint's events, with why."""
-        now = self.project.clock.time()
-        ok = {o.name for o in outcomes if o.ok}
-        project = self.project
-        ledger = Ledger(project.backend, state, project.gateway, project.config.default_provider)
-        for change in plan.changes:
-            if change.name not in ok or change.name not in ledger.state.endpoints:
-                continue
-            for start in change.starts:
-                if start.reason.startswith("replaces"):
-                    dead = start.reason.removeprefix("replaces ")
-                    why = next((d for d in change.drift if f"replica {dead} " in d), "")
-                    detail = f"{start.reason} ({why})" if why else start.reason
-                    event = ScaleEvent(now, start.entity.name, "replace", detail)
-                    log.info("%s/%s: %s", change.name, start.entity.name, start.reason)
-                    ledger.update(change.name, _event(event))
-
-    def _record_failures(
-        self, state: State, outcomes: tuple[EndpointOutcome, ...], plan: Plan
-    ) -> None:
-        """A replacement that failed is one failure of each entity it started replicas of."""
-        now = self.project.clock.time()
-        project = self.project
-        ledger = Ledger(project.backend, state, project.gateway, project.config.default_provider)
-        desired = {d.spec.name: d for d in desired_endpoints(project, state)}
-        for outcome in outcomes:
-            d = desired.get(outcome.name)
-            if outcome.ok or d is None:
-                continue
-            record = state.endpoints[outcome.name]
-            started = {
-                a.payload.spec.entity
-                for a in plan.actions_of(outcome.name)
-                if isinstance(a.payload, StartReplica)
-            }
-            for e in d.spec.entities:
-                if e.name not in started:
-                    continue
-                scale = healing.failed(
-                    _scale_of(record, d, e), outcome.error, now, self.settings.backoff_max_seconds
-                )
-                event = ScaleEvent(now, e.name, "crash", healing.describe(scale, now))
-                log.warning("%s/%s: %s", outcome.name, e.name, event.detail)
-                ledger.update(outcome.name, _recording(e.name, scale, event))
+        record_replacements(project, executor.state, plan, result.endpoints)
+        record_failures(project, executor.state, result.endpoints, plan)
 
     def _options(self, state: State, desired: tuple[DesiredEndpoint, ...]) -> engine.PlanOptions:
         """The runtime's mode, leaving out the endpoints that do not serve yet (the
@@ -316,3 +268,54 @@ class Runtime:
             exclude=frozenset(name for name in state.endpoints if name not in serving),
             no_starts=self.backing_off(state),
         )
+
+
+def record_replacements(
+    project: Project, state: State, plan: Plan, outcomes: tuple[EndpointOutcome, ...]
+) -> None:
+    """Each replica replaced without an apply, in its endpoint's events, with why."""
+    now = project.clock.time()
+    ok = {o.name for o in outcomes if o.ok}
+    ledger = Ledger(project.backend, state, project.gateway, project.config.default_provider)
+    for change in plan.changes:
+        if change.name not in ok or change.name not in ledger.state.endpoints:
+            continue
+        for start in change.starts:
+            if start.reason.startswith("replaces"):
+                dead = start.reason.removeprefix("replaces ")
+                why = next((d for d in change.drift if f"replica {dead} " in d), "")
+                detail = f"{start.reason} ({why})" if why else start.reason
+                event = ScaleEvent(now, start.entity.name, "replace", detail)
+                log.info("%s/%s: %s", change.name, start.entity.name, start.reason)
+                ledger.update(change.name, _event(event))
+
+
+def record_failures(
+    project: Project, state: State, outcomes: tuple[EndpointOutcome, ...], plan: Plan
+) -> None:
+    """A replacement that failed is one failure of each entity it started replicas of."""
+    now = project.clock.time()
+    ledger = Ledger(project.backend, state, project.gateway, project.config.default_provider)
+    desired = {d.spec.name: d for d in desired_endpoints(project, state)}
+    for outcome in outcomes:
+        d = desired.get(outcome.name)
+        if outcome.ok or d is None:
+            continue
+        record = state.endpoints[outcome.name]
+        started = {
+            a.payload.spec.entity
+            for a in plan.actions_of(outcome.name)
+            if isinstance(a.payload, StartReplica)
+        }
+        for e in d.spec.entities:
+            if e.name not in started:
+                continue
+            scale = healing.failed(
+                _scale_of(record, d, e),
+                outcome.error,
+                now,
+                project.config.runtime.backoff_max_seconds,
+            )
+            event = ScaleEvent(now, e.name, "crash", healing.describe(scale, now))
+            log.warning("%s/%s: %s", outcome.name, e.name, event.detail)
+            ledger.update(outcome.name, _recording(e.name, scale, event))
