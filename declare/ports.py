@@ -26,6 +26,9 @@ from declare.gateway.table import RoutingTable
 from declare.model import ReplicaHandle, ResolvedModel, canonical_json
 from declare.provider import Provider
 
+# requests held per endpoint while an entity has no ready replica (the gateway's default)
+DEFAULT_HOLD_QUEUE = 1000
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -38,7 +41,7 @@ class GatewaySettings:
     queue_timeout_seconds: float = 30.0
     # requests held per endpoint while an entity has no ready replica (0: none are held,
     # a 503 at once; what a project without the runtime gets, as nothing would wake it)
-    hold_queue: int = 1000
+    hold_queue: int = DEFAULT_HOLD_QUEUE
 
     @property
     def hash(self) -> str:
@@ -52,7 +55,11 @@ class GatewaySettings:
                     "token": hashlib.sha256(token.encode()).hexdigest() if token else None,
                     "max_body": self.max_body_bytes,
                     "queue_timeout": self.queue_timeout_seconds,
-                    **({} if self.hold_queue == 1000 else {"hold_queue": self.hold_queue}),
+                    **(
+                        {}
+                        if self.hold_queue == DEFAULT_HOLD_QUEUE
+                        else {"hold_queue": self.hold_queue}
+                    ),
                 }
             ).encode()
         ).hexdigest()[:16]

@@ -20,6 +20,7 @@ from declare.errors import ConfigError
 from declare.gateway_control import ProcessGateway
 from declare.model import canonical_json
 from declare.ports import (
+    DEFAULT_HOLD_QUEUE,
     Clock,
     GatewayControl,
     GatewaySettings,
@@ -113,7 +114,7 @@ class Project:
             auth_token=cfg.gateway_auth_token(self.environ),
             max_body_bytes=cfg.gateway_max_body_bytes,
             queue_timeout_seconds=cfg.gateway_queue_timeout_seconds,
-            hold_queue=1000 if cfg.runtime.enabled else 0,
+            hold_queue=DEFAULT_HOLD_QUEUE if cfg.runtime.enabled else 0,
         )
 
     def invocation_url(self, endpoint: str) -> str:

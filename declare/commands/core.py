@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,7 +34,7 @@ from declare.engine.desired import load_specs
 from declare.errors import ApplyFailedError, ConfigError, DeclareError, ManifestError
 from declare.plan import Plan, saved
 from declare.project import Project, open_project
-from declare.provider import HelperProcesses, ImagePruning
+from declare.provider import HelperProcesses, ImagePruning, Provider
 from declare.state.document import State
 from declare.views.apply import ApplyView, HumanApplyView, JsonApplyView
 
@@ -326,14 +327,20 @@ def destroy(
         _prune_images(project_dir, names)
 
 
-def _stop_helpers(project_dir: Path, names: set[str]) -> None:
-    """Stop the helper processes of each provider left with no replica of the project."""
+def _installed_providers(project_dir: Path, names: set[str]) -> Iterator[tuple[str, Provider]]:
+    """The providers named in `names` that are installed (a provider named in declare.yaml
+    but not installed is left out), in name order."""
     project = open_project(project_dir)
     for name in sorted(names):
         try:
-            provider = project.provider(name)
+            yield name, project.provider(name)
         except ConfigError:
             continue
+
+
+def _stop_helpers(project_dir: Path, names: set[str]) -> None:
+    """Stop the helper processes of each provider left with no replica of the project."""
+    for _, provider in _installed_providers(project_dir, names):
         with contextlib.suppress(DeclareError):
             if isinstance(provider, HelperProcesses) and not provider.list_owned():
                 provider.stop_helpers()
@@ -352,12 +359,7 @@ def _provider_names(project_dir: Path) -> set[str]:
 
 
 def _prune_images(project_dir: Path, names: set[str]) -> None:
-    project = open_project(project_dir)
-    for name in sorted(names):
-        try:
-            provider = project.provider(name)
-        except ConfigError:
-            continue  # a provider named in declare.yaml but not installed
+    for name, provider in _installed_providers(project_dir, names):
         if isinstance(provider, ImagePruning):
             removed = provider.prune_images()
             echo(
