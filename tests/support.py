@@ -120,6 +120,28 @@ class CliProject:
         events: list[dict[str, Any]] = self.state()["endpoints"][endpoint].get("events", [])
         return events
 
+    def event(
+        self, kind: str, contains: str = "", endpoint: str = "iris", timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The newest runtime event of `kind` whose detail has `contains`, waited for: the
+        runtime records a replacement once the replacement is done (after the old replica's
+        stop), in a state write of its own, so a reader may see the new replica first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                e
+                for e in self.events(endpoint)
+                if e["kind"] == kind and contains in e.get("detail", "")
+            ]
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {kind!r} event with {contains!r} after {timeout:g} s: "
+                    f"{self.events(endpoint)}"
+                )
+            time.sleep(0.1)
+
     def stop_leftovers(self) -> None:
         """After a test: stop, by PID, the runtime processes a failed destroy left."""
         for proc in self.runtime_pids():

@@ -100,8 +100,8 @@ def test_core_lifecycle(project: CliProject) -> None:
         time.sleep(0.2)
     assert victim not in project.recorded_pids()
     assert project.predict().status_code == 200
-    replaced = [e for e in project.events() if e["kind"] == "replace"]
-    assert replaced and "not running" in replaced[-1]["detail"], project.events()
+    replaced = project.event("replace")
+    assert "not running" in replaced["detail"], project.events()
     # Nothing is left to repair; the manifest's return to v2 still settles the failed update.
     settle = project.declare("plan")
     assert "drift" not in settle.stdout and "will be created" not in settle.stdout, settle.stdout
