@@ -17,7 +17,8 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
                         name (none), max body 16 MiB, queue timeout 30 s
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
-    runtime             enabled (default true), poll 0.5 s, stable 30 s, backoff up to 300 s
+    runtime             enabled (default true), poll 0.5 s, stable 30 s, backoff up to 300 s,
+                        supervisor declare (runtime and keeper) or systemd (its unit)
 
 Relative paths and relative sqlite URIs in declare.yaml are relative to the project folder;
 relative ones in the environment to the current directory (as MLflow itself reads them). All
@@ -80,6 +81,7 @@ class RuntimeSettings:
     poll_seconds: float = 0.5
     stable_seconds: float = 30.0
     backoff_max_seconds: float = 300.0
+    supervisor: str = "declare"  # or "systemd": its unit restarts it, apply spawns nothing
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +89,7 @@ class RuntimeSettings:
             "poll_seconds": self.poll_seconds,
             "stable_seconds": self.stable_seconds,
             "backoff_max_seconds": self.backoff_max_seconds,
+            "supervisor": self.supervisor,
         }
 
 
@@ -309,4 +312,5 @@ def _runtime(section: Mapping[str, Any]) -> RuntimeSettings:
         poll_seconds=float(section.get("poll_seconds", default.poll_seconds)),
         stable_seconds=float(section.get("stable_seconds", default.stable_seconds)),
         backoff_max_seconds=float(section.get("backoff_max_seconds", default.backoff_max_seconds)),
+        supervisor=str(section.get("supervisor", default.supervisor)),
     )

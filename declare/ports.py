@@ -118,6 +118,7 @@ class RuntimeStatus:
     keeper_pid: int | None
     started_at: float
     settings_hash: str
+    supervisor: str = "declare"  # or "systemd": its unit restarts it, no keeper
 
 
 class RuntimeControl(Protocol):

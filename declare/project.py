@@ -72,23 +72,36 @@ class Project:
     def runtime(self) -> RuntimeControl:
         """The project's runtime (healing, autoscaling between applies)."""
         if self.runtime_control is None:
-            self.runtime_control = ProcessRuntime(self.config.project_dir, self.config.state_dir)
+            self.runtime_control = ProcessRuntime(
+                self.config.project_dir,
+                self.config.state_dir,
+                self.config.runtime.supervisor,
+                frozenset(self.runtime_environment()),
+            )
         return self.runtime_control
+
+    def runtime_environment(self) -> dict[str, str]:
+        """The variables the runtime acts with: secrets, MLflow's, the state's connection
+        and the gateway's token (what replicas and the gateway it starts need)."""
+        cfg = self.config
+        names = {cfg.gateway_auth_token_env, cfg.state_backend.dsn_env}
+        return {
+            k: v
+            for k, v in self.environ.items()
+            if k.startswith((SECRET_PREFIX, "MLFLOW_")) or k in names
+        }
 
     def runtime_settings_hash(self) -> str:
         """What the runtime is started with: its settings, and a fingerprint of the parts
         of the environment it acts with (secrets, MLflow, the state's connection, the
         gateway's token), hashed value by value so that no value is ever recorded. A change
         of any of them restarts the runtime at the next apply."""
-        cfg = self.config
-        names = {cfg.gateway_auth_token_env, cfg.state_backend.dsn_env}
         relevant = sorted(
             (k, hashlib.sha256(v.encode()).hexdigest())
-            for k, v in self.environ.items()
-            if k.startswith((SECRET_PREFIX, "MLFLOW_")) or k in names
+            for k, v in self.runtime_environment().items()
         )
         return hashlib.sha256(
-            canonical_json({"settings": cfg.runtime.to_json(), "env": relevant}).encode()
+            canonical_json({"settings": self.config.runtime.to_json(), "env": relevant}).encode()
         ).hexdigest()[:16]
 
     def read_state(self) -> State:

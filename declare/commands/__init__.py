@@ -12,7 +12,15 @@ import importlib
 
 import typer
 
-MODULES: tuple[str, ...] = ("core", "inspect", "fmt", "graph", "importer", "state_transfer")
+MODULES: tuple[str, ...] = (
+    "core",
+    "inspect",
+    "fmt",
+    "graph",
+    "importer",
+    "state_transfer",
+    "runtime_unit",
+)
 
 
 def register_all(app: typer.Typer, state_app: typer.Typer) -> None:

@@ -97,6 +97,7 @@ def plan_for(
                 running=actual.runtime_running,
                 settings_hash=project.runtime_settings_hash(),
                 recorded_hash=state.runtime.settings_hash if state.runtime else None,
+                supervisor=project.config.runtime.supervisor,
             ),
         ),
         opts,

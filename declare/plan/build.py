@@ -68,6 +68,7 @@ class RuntimeInput:
     running: bool
     settings_hash: str
     recorded_hash: str | None = None  # from the state; None when never started
+    supervisor: str = "declare"  # systemd: apply hands over to the unit's runtime
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,10 @@ def _runtime_start(g: _Graph, inp: PlanInput) -> None:
         Action(
             "runtime.start",
             None,
-            "start the runtime (replaces what dies, autoscales, scales to zero and wakes)",
+            "hand the endpoints to the runtime under systemd (replaces what dies, "
+            "autoscales, scales to zero and wakes)"
+            if rt.supervisor == "systemd"
+            else "start the runtime (replaces what dies, autoscales, scales to zero and wakes)",
             StartRuntime(rt.settings_hash),
         )
     )

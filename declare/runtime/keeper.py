@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         record = read_record(state_dir)
         if record is None or stopping(state_dir) or record.keeper != me:
             return 0
+        if record.supervisor != "declare":
+            return 0  # systemd restarts this runtime
         if alive(record.runtime) or not record.argv:
             continue
         runtime = spawn(state_dir, record.argv, RUNTIME_LOG)

@@ -79,7 +79,12 @@ def status_json(
         endpoints.append(desc)
     return {
         "gateway": "running" if actual.gateway_running else "not running",
-        "runtime": {"running": True, "pid": runtime.pid, "keeper_pid": runtime.keeper_pid}
+        "runtime": {
+            "running": True,
+            "pid": runtime.pid,
+            "keeper_pid": runtime.keeper_pid,
+            "supervisor": runtime.supervisor,
+        }
         if runtime
         else {"running": False},
         "endpoints": endpoints,
@@ -91,7 +96,11 @@ def status_lines(status: dict[str, Any], host: str, port: int) -> list[str]:
     rt = status["runtime"]
     out = [
         f"gateway: {status['gateway']} on {host}:{port}",
-        f"runtime: running (pid {rt['pid']}, keeper {rt['keeper_pid']})"
+        (
+            f"runtime: running (pid {rt['pid']}, supervised by systemd)"
+            if rt.get("supervisor") == "systemd"
+            else f"runtime: running (pid {rt['pid']}, keeper {rt['keeper_pid']})"
+        )
         if rt["running"]
         else "runtime: not running (nothing heals or scales between applies)",
     ]
