@@ -130,7 +130,7 @@ def _change_block(c: EndpointChange, plan: Plan) -> list[str]:
     lines += _capacity_lines(c)
     for d in c.drift:
         lines.append(f"      ! drift: {d}")
-    if c.kind is Change.UPDATE and not c.fields and not c.drift:
+    if c.kind is Change.UPDATE and not c.fields and not c.drift and c.routing_stale:
         lines.append("      ~ routing refreshed (the gateway restarts or lost its table)")
     lines.append("    }")
     return lines

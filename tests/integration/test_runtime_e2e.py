@@ -5,7 +5,8 @@ real HTTP on 127.0.0.1, short timings (seconds, not minutes).
 Self-healing: a replica killed under load (one replica, two replicas), the gateway killed,
 the runtime and its keeper killed, a replica that dies at every start (backed off and
 reported). Elastic: scale up under load and down after a quiet period, scale to zero and
-back with the first request answered, a held request past its hold answered 503.
+back with the first request answered, a held request past its hold answered 503. Kills while
+it scales: the runtime, the replica it is starting, and an apply that raises a range.
 
 Each test prints its figures (requests, failures, the longest stretch without a 200, times
 to recover) and adds them to the reliability table printed at the end of a run that has
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -329,3 +332,144 @@ def test_a_held_request_past_its_hold_gets_503(cli_project: CliProject) -> None:
     # the request still woke the entity: the next ones are answered
     wait_for("a replica after the wake", lambda: live(cli_project), timeout=60)
     assert wait_for("a 200", lambda: cli_project.predict().status_code == 200)
+
+
+def new_replica(project: CliProject, known: set[str]) -> procs.ProcessId | None:
+    """A replica process the provider started that is not in `known` (it may not answer
+    yet): what the runtime is scaling up with."""
+    for path in (project.folder / "state" / "local" / "replicas").glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being written
+        if data["id"] not in known:
+            return procs.ProcessId.from_json(data["process"])
+    return None
+
+
+def in_rotation(project: CliProject) -> int:
+    """Recorded replicas that answered their readiness check, are not retired, and run."""
+    return sum(
+        1
+        for r in project.state()["endpoints"]["iris"]["replicas"]
+        if r["ready"]
+        and not r["retired"]
+        and procs.is_running(procs.ProcessId.from_json(r["handle"]["data"]))
+    )
+
+
+def converged(project: CliProject) -> bool:
+    """Nobody acts (the state is not locked), what runs is what the state records (no
+    orphan, nothing dead), every recorded replica answered its readiness check, and as many
+    run as the runtime's target."""
+    if (project.folder / "state" / "declare.tfstate.lock.json").exists():
+        return False
+    ep = project.state()["endpoints"]["iris"]
+    replicas = ep["replicas"]
+    recorded = {r["handle"]["id"] for r in replicas}
+    running = {r["id"] for r in project.provider_records()}
+    ready = all(r["ready"] and not r["retired"] for r in replicas)
+    target = ep.get("scale", {}).get("iris-1", {}).get("target", len(replicas))
+    return recorded == running and ready and len(live(project)) == target > 0
+
+
+@pytest.mark.parametrize("victim", ["the runtime", "the replica it starts"])
+def test_a_kill_while_the_runtime_scales_up_loses_nothing(
+    cli_project: CliProject, victim: str
+) -> None:
+    apply(
+        cli_project,
+        endpoint(
+            "      min_provisioned_concurrency: 4\n      max_provisioned_concurrency: 12",
+            SCALING,
+        ),
+    )
+    known = {r["id"] for r in cli_project.provider_records()}
+    runtime_before = cli_project.runtime_pids()[0]
+    with Load(cli_project.url, threads=16, max_requests=40_000, max_seconds=90) as load:
+        scaling = wait_for("a replica being started", lambda: new_replica(cli_project, known))
+        target = runtime_before if victim == "the runtime" else scaling
+        os.kill(target.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # The runtime (started again by its keeper when it was the victim) scales up all the
+        # same: two replicas answer while the load goes on.
+        wait_for("two replicas in rotation", lambda: in_rotation(cli_project) >= 2, timeout=60)
+        up = time.monotonic() - killed
+    print(
+        f"\nSIGKILL of {victim} while it scales up: 2 replicas in rotation {up:.2f} s later; "
+        f"{load.sent} requests, {load.failed} failed"
+    )
+    label = (
+        "(m) the runtime SIGKILLed" if victim == "the runtime" else "(n) a new replica SIGKILLed"
+    )
+    record(f"{label} while it scales up", load.sent, load.failed,
+           f"2 replicas in rotation {up:.2f} s after the kill; converged, no orphan")  # fmt: skip
+    assert load.failed == 0, dict(load.results)
+    if victim == "the runtime":
+        assert not procs.is_running(runtime_before)
+        wait_for(
+            "the runtime started again by its keeper",
+            lambda: procs.is_running(cli_project.runtime_pids()[0]),
+            timeout=30,
+        )
+    else:
+        assert not procs.is_running(scaling)
+    wait_for("converged, no orphan", lambda: converged(cli_project), timeout=60)
+    plan = cli_project.declare("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    wait_for("back to one replica", lambda: len(live(cli_project)) == 1, timeout=60)
+    wait_for("converged on one replica", lambda: converged(cli_project), timeout=30)
+
+
+def test_apply_killed_mid_scale_loses_nothing(cli_project: CliProject) -> None:
+    """An apply that raises the range's bottom (1..3 to 2..3), SIGKILLed once it started a
+    replica: the next plan reads, the next apply converges, no orphan, the runtime goes on."""
+    apply(
+        cli_project,
+        endpoint(
+            "      min_provisioned_concurrency: 4\n      max_provisioned_concurrency: 12",
+            SCALING,
+        ),
+    )
+    runtime = cli_project.runtime_pids()[0]
+    cli_project.write(
+        endpoint(
+            "      min_provisioned_concurrency: 8\n      max_provisioned_concurrency: 12",
+            SCALING,
+        )
+    )
+    with Load(cli_project.url, threads=2, max_requests=20_000, max_seconds=120) as load:
+        proc = subprocess.Popen(
+            cli_project.argv("apply", "--auto-approve"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_project.env({"PYTHONUNBUFFERED": "1"}),
+        )
+        assert proc.stdout is not None
+        seen = ""
+        for line in proc.stdout:
+            seen += line
+            if re.search(r"replica\[\d+\]\.start: done", line):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, f"marker never seen\n{seen}"
+        plan = cli_project.declare("plan")
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        apply(
+            cli_project,
+            endpoint(
+                "      min_provisioned_concurrency: 8\n      max_provisioned_concurrency: 12",
+                SCALING,
+            ),
+        )
+    print(f"\napply SIGKILLed mid-scale, then applied: {load.sent} requests, {load.failed} failed")
+    record("(o) apply SIGKILLed mid-scale (1..3 to 2..3)", load.sent, load.failed,
+           "the next apply converged, no orphan; the runtime went on")  # fmt: skip
+    assert load.failed == 0, dict(load.results)
+    wait_for("converged, no orphan", lambda: converged(cli_project), timeout=60)
+    assert len(live(cli_project)) == 2
+    assert cli_project.declare("plan", "--detailed-exitcode").returncode == 0
+    assert cli_project.runtime_pids()[0] == runtime  # the runtime was not disturbed
+    assert entity_status(cli_project)["range"] == "2..3"
