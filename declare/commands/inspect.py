@@ -58,8 +58,18 @@ def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
 
     project = open_project(project_dir)
     state = project.read_state()
+    from declare.provider import replica_concurrency
+
+    per_replica = {
+        name: replica_concurrency(project.provider(ep.provider))
+        for name, ep in state.endpoints.items()
+    }
     report = status_json(
-        state, refresh(project, state), project.invocation_url, project.runtime.status()
+        state,
+        refresh(project, state),
+        project.invocation_url,
+        project.runtime.status(),
+        per_replica,
     )
     if as_json:
         echo(json.dumps(report, indent=2))

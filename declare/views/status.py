@@ -6,11 +6,12 @@ Pure: values in, text or JSON-able dicts out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from declare.describe import describe, entity_state
 from declare.diff import Actual
+from declare.model.scaling import DEFAULT_REPLICA_CONCURRENCY
 from declare.ports import RuntimeStatus
 from declare.state.document import EndpointRecord, State
 from declare.state.scaling import utc
@@ -40,15 +41,16 @@ def state_lines(state: State, url: Callable[[str], str]) -> list[str]:
     return out
 
 
-def _entities(record: EndpointRecord, actual: Actual) -> dict[str, Any]:
-    """Per served entity: replicas alive in rotation, the runtime's target and why."""
+def _entities(record: EndpointRecord, actual: Actual, per_replica: int) -> dict[str, Any]:
+    """Per served entity: replicas alive in rotation, its replica range (by the concurrency
+    one replica of its provider serves), the runtime's target and why."""
     out: dict[str, Any] = {}
     for e in record.spec.entities if record.spec else ():
         serving = record.serving_replicas(e.name)
         scale = record.scale.get(e.name)
         out[e.name] = {
             "replicas_in_rotation": sum(actual.alive(x.id) for x in serving),
-            "range": e.replica_range().short(),
+            "range": e.replica_range(per_replica).short(),
             "target": scale.target if scale else len(serving),
             "reason": scale.reason if scale else "",
             "state": entity_state(record, e.name),
@@ -57,11 +59,16 @@ def _entities(record: EndpointRecord, actual: Actual) -> dict[str, Any]:
 
 
 def status_json(
-    state: State, actual: Actual, url: Callable[[str], str], runtime: RuntimeStatus | None
+    state: State,
+    actual: Actual,
+    url: Callable[[str], str],
+    runtime: RuntimeStatus | None,
+    per_replica: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """`declare status --json`: the gateway, the runtime, and each endpoint as Databricks
     describes it plus what declare sees (`declare`: URL, replicas alive and recorded, the
-    message, each entity's count and the runtime's reason, its recent decisions)."""
+    message, each entity's count and the runtime's reason, its recent decisions).
+    `per_replica`: the concurrency one replica serves, by endpoint (default 4)."""
     endpoints = []
     for name, ep in sorted(state.endpoints.items()):
         desc = describe(ep)
@@ -70,7 +77,9 @@ def status_json(
             "replicas_alive": sum(actual.alive(rep.id) for rep in ep.replicas),
             "replicas_recorded": len(ep.replicas),
             "message": ep.message,
-            "entities": _entities(ep, actual),
+            "entities": _entities(
+                ep, actual, (per_replica or {}).get(name, DEFAULT_REPLICA_CONCURRENCY)
+            ),
             "events": [
                 {"at": utc(ev.at), "entity": ev.entity, "kind": ev.kind, "detail": ev.detail}
                 for ev in ep.events[-5:]

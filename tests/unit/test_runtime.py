@@ -155,3 +155,22 @@ def test_nothing_is_done_while_an_apply_holds_the_lock(world: World) -> None:
     assert world.provider.alive_ids() == ()
     assert runtime(world).tick()
     assert len(world.provider.alive_ids()) == 1
+
+
+def test_status_shows_the_range_by_the_providers_replica_concurrency() -> None:
+    """Provisioned concurrency 4..12 is 1..3 replicas of 4, and 2..6 of a provider whose
+    replicas serve 2 each: status says what the runtime scales within."""
+    from declare.views.status import status_json
+    from tests.unit.planning_fixtures import applied, desired
+
+    d = desired(
+        ("1", 100), size="", min_provisioned_concurrency=4, max_provisioned_concurrency=12
+    )
+    state, actual = applied(d)
+
+    def ranges(per_replica: dict[str, int] | None) -> str:
+        shown = status_json(state, actual, lambda n: n, None, per_replica)
+        return str(shown["endpoints"][0]["declare"]["entities"]["iris-1"]["range"])
+
+    assert ranges(None) == "1..3"
+    assert ranges({"iris": 2}) == "2..6"
