@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "importer",
     "state_transfer",
     "runtime_unit",
+    "query",
 )
 
 

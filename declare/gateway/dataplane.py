@@ -101,7 +101,9 @@ class DataPlane:
                 entity,
                 response.text if response.content_type == "application/json" else "",
             )
-        self._metrics.record(name, entity, (time.perf_counter() - started) * 1000.0, error)
+        self._metrics.record(
+            name, entity, (time.perf_counter() - started) * 1000.0, error, response.status
+        )
         return response
 
     def _over_limit(self, endpoint: CompiledEndpoint) -> web.Response | None:

@@ -1,6 +1,8 @@
-"""The gateway's read-only management API and health check.
+"""The gateway's read-only management API, metrics and health check.
 
     GET /api/2.0/serving-endpoints[/{name}]   endpoint descriptions (Databricks shapes)
+    GET /api/2.0/serving-endpoints/{name}/metrics   the endpoint's metrics, Prometheus text
+    GET /metrics                              every endpoint's, Prometheus text
     GET /_declare/health                      pid, table version, endpoint count
 
 Descriptions come from the routing table as declare pushed it, with defaults filled in
@@ -16,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from declare.gateway.balance import endpoint_ready
+from declare.gateway.exposition import CONTENT_TYPE, EndpointCollector, GatewayCollector, render
 from declare.gateway.responses import no_such_endpoint
 from declare.gateway.state import GatewayState
 from declare.gateway.table import EndpointTable
@@ -52,6 +55,16 @@ class ManagementApi:
             return no_such_endpoint(name)
         return web.json_response(describe_endpoint(ep))
 
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return _prometheus(render(GatewayCollector(self._state)))
+
+    async def export_metrics(self, request: web.Request) -> web.Response:
+        """The SDK's `serving_endpoints.export_metrics(name)`."""
+        name = request.match_info["name"]
+        if name not in self._state.table.endpoints:
+            return no_such_endpoint(name)
+        return _prometheus(render(EndpointCollector(self._state, name)))
+
     async def health(self, _request: web.Request) -> web.Response:
         table = self._state.table
         return web.json_response(
@@ -62,3 +75,9 @@ class ManagementApi:
                 "endpoints": len(table.endpoints),
             }
         )
+
+
+def _prometheus(body: bytes) -> web.Response:
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response

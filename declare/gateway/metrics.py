@@ -3,8 +3,10 @@
 Every finished public request to a known endpoint is one sample (finish time, endpoint,
 entity, latency, whether it was an error: see `dataplane.py`). Samples sit in a bounded ring
 (the most recent `capacity`), so a report over a window (`since`) sees at most that many;
-cumulative counts since the gateway started are kept apart and never dropped. A request
-rejected before an entity was chosen (bad JSON, body too large) counts for its endpoint only.
+cumulative counts since the gateway started are kept apart and never dropped (requests,
+errors, connection failures, answers per HTTP status, a latency histogram: `Totals`, for
+GET /metrics, see `exposition.py`). A request rejected before an entity was chosen (bad
+JSON, body too large, a rate limit) counts for its endpoint only.
 
 Not thread-safe: the gateway runs one event loop and calls `record` from it.
 """
@@ -13,12 +15,30 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_CAPACITY = 100_000
+# Upper bounds (ms) of the cumulative latency histogram of GET /metrics; +Inf is implied.
+LATENCY_BUCKETS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                      10000.0, 30000.0)  # fmt: skip
+
+
+class Totals:
+    """Cumulative counts of one (endpoint, entity or None) since the gateway started."""
+
+    __slots__ = ("buckets", "codes", "connection_failures", "errors", "latency_sum_ms", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.connection_failures = 0
+        self.codes: dict[int, int] = {}  # HTTP status -> requests answered with it
+        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # per bucket, not cumulative
+        self.latency_sum_ms = 0.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,7 @@ class Sample:
     entity: str | None
     latency_ms: float
     error: bool
+    status: int = 200
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -62,23 +83,38 @@ class Metrics:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._ring: deque[Sample] = deque(maxlen=capacity)
-        # (endpoint, entity or None) -> [requests, errors, connection failures]
-        self._totals: dict[tuple[str, str | None], list[int]] = {}
+        self._totals: dict[tuple[str, str | None], Totals] = {}
 
-    def record(self, endpoint: str, entity: str | None, latency_ms: float, error: bool) -> None:
-        self._ring.append(Sample(time.time(), endpoint, entity, latency_ms, error))
-        counters = self._totals.get((endpoint, entity))
-        if counters is None:
-            counters = self._totals[(endpoint, entity)] = [0, 0, 0]
-        counters[0] += 1
-        counters[1] += error
+    def record(
+        self,
+        endpoint: str,
+        entity: str | None,
+        latency_ms: float,
+        error: bool,
+        status: int = 200,
+    ) -> None:
+        self._ring.append(Sample(time.time(), endpoint, entity, latency_ms, error, status))
+        totals = self.totals(endpoint, entity)
+        totals.requests += 1
+        totals.errors += error
+        totals.codes[status] = totals.codes.get(status, 0) + 1
+        totals.buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        totals.latency_sum_ms += latency_ms
 
     def record_connection_failure(self, endpoint: str, entity: str) -> None:
         """A replica of `entity` could not be reached (the request may still have succeeded)."""
-        counters = self._totals.get((endpoint, entity))
-        if counters is None:
-            counters = self._totals[(endpoint, entity)] = [0, 0, 0]
-        counters[2] += 1
+        self.totals(endpoint, entity).connection_failures += 1
+
+    def totals(self, endpoint: str, entity: str | None) -> Totals:
+        """The cumulative counts of (endpoint, entity), created at zero on first use."""
+        found = self._totals.get((endpoint, entity))
+        if found is None:
+            found = self._totals[(endpoint, entity)] = Totals()
+        return found
+
+    def all_totals(self) -> dict[tuple[str, str | None], Totals]:
+        """Every (endpoint, entity or None) seen, with its cumulative counts (a copy)."""
+        return dict(self._totals)
 
     def window(self, since: float | None) -> list[Sample]:
         """Samples finished at or after `since` (all kept samples when None), oldest first."""
@@ -112,16 +148,16 @@ class Metrics:
         for name in sorted(names):
             totals = [c for (ep, _), c in self._totals.items() if ep == name]
             entry = summarize(by_endpoint.get(name, []))
-            entry["total_requests"] = sum(c[0] for c in totals)
-            entry["total_errors"] = sum(c[1] for c in totals)
+            entry["total_requests"] = sum(c.requests for c in totals)
+            entry["total_errors"] = sum(c.errors for c in totals)
             entities: dict[str, Any] = {}
             entity_names = {ent for (ep, ent) in self._totals if ep == name and ent is not None}
             for entity in sorted(entity_names):
                 counters = self._totals[(name, entity)]
                 item = summarize(by_entity.get((name, entity), []))
-                item["total_requests"] = counters[0]
-                item["total_errors"] = counters[1]
-                item["total_connection_failures"] = counters[2]
+                item["total_requests"] = counters.requests
+                item["total_errors"] = counters.errors
+                item["total_connection_failures"] = counters.connection_failures
                 entities[entity] = item
             entry["entities"] = entities
             endpoints[name] = entry

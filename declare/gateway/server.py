@@ -3,6 +3,8 @@
 Public (bearer auth when `auth_token` is set):
     POST /serving-endpoints/{name}/invocations     forwarded to one replica's /invocations
     GET  /api/2.0/serving-endpoints[/{name}]       endpoint descriptions (Databricks shapes)
+    GET  /api/2.0/serving-endpoints/{name}/metrics the endpoint's metrics (export_metrics)
+    GET  /metrics                                  every endpoint's metrics (Prometheus)
     A request over one of the endpoint's rate limits gets 429 REQUEST_LIMIT_EXCEEDED with
     Retry-After (see limits.py).
 No auth:
@@ -92,6 +94,8 @@ class Gateway:
         routes.add_post("/serving-endpoints/{name}/invocations", self.data_plane.invocations)
         routes.add_get("/api/2.0/serving-endpoints", self.management.list_endpoints)
         routes.add_get("/api/2.0/serving-endpoints/{name}", self.management.get_endpoint)
+        routes.add_get("/api/2.0/serving-endpoints/{name}/metrics", self.management.export_metrics)
+        routes.add_get("/metrics", self.management.metrics)
         routes.add_get("/_declare/health", self.management.health)
         routes.add_put("/_declare/admin/table", self.admin.put_table)
         routes.add_get("/_declare/admin/table", self.admin.get_table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import httpx
@@ -44,6 +45,22 @@ def test_core_lifecycle(project: CliProject) -> None:
     assert r.status_code == 200 and r.headers["served-model-name"] == "iris-1"
     assert "predictions" in r.json()
     print(f"\napply of one endpoint (cold): {apply_seconds:.1f}s")
+
+    # -- `declare query`: the model's input example through the gateway, and a bad body
+    queried = project.declare("query", "iris")
+    assert queried.returncode == 0, queried.stdout + queried.stderr
+    assert queried.stdout.startswith("HTTP 200 from iris-1") and "predictions" in queried.stdout
+    bad = subprocess.run(
+        project.argv("query", "iris", "--data", "-"),
+        input='{"dataframe_split": {"columns": ["nope"], "data": [[1]]}}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=project.env(),
+    )
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stdout.startswith("HTTP 400 from iris-1"), bad.stdout
+    assert "error_code" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
     # -- right after apply: no changes
     again = project.declare("plan", "--detailed-exitcode")

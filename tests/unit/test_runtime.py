@@ -163,9 +163,7 @@ def test_status_shows_the_range_by_the_providers_replica_concurrency() -> None:
     from declare.views.status import status_json
     from tests.unit.planning_fixtures import applied, desired
 
-    d = desired(
-        ("1", 100), size="", min_provisioned_concurrency=4, max_provisioned_concurrency=12
-    )
+    d = desired(("1", 100), size="", min_provisioned_concurrency=4, max_provisioned_concurrency=12)
     state, actual = applied(d)
 
     def ranges(per_replica: dict[str, int] | None) -> str:
