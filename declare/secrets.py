@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from declare.environment import SECRET_PREFIX
 from declare.errors import ConfigError
 
 REFERENCE = re.compile(r"^\{\{secrets/(?P<scope>[A-Za-z0-9_.@-]+)/(?P<key>[A-Za-z0-9_.-]+)\}\}$")
-PREFIX = "DECLARE_SECRET_"
+PREFIX = SECRET_PREFIX
 
 
 def env_name(scope: str, key: str) -> str:
@@ -55,8 +56,3 @@ def resolve(env: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str
             )
         out[name] = secret
     return out
-
-
-def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` less every DECLARE_SECRET_* variable (a replica gets only its own secrets)."""
-    return {k: v for k, v in environ.items() if not k.startswith(PREFIX)}

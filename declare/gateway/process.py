@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from declare import procs
+from declare.environment import base_environment
 from declare.errors import GatewayError
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
 from declare.gateway.client import GatewayClient
@@ -268,9 +269,10 @@ def _gateway_argv(
 
 
 def _gateway_env(auth_token: str | None) -> dict[str, str]:
-    """The gateway's environment: the end users' token (or none) and declare importable."""
-    env = procs.venv_path_env(os.environ)
-    env.pop(AUTH_ENV, None)
+    """The gateway's environment: the allow-listed base (declare.environment: no secret,
+    no MLflow credentials, no state DSN), the end users' token (or none), declare
+    importable."""
+    env = procs.venv_path_env(base_environment(os.environ))
     if auth_token:
         env[AUTH_ENV] = auth_token
     # Make the running declare importable even when it is not installed (a source checkout).

@@ -188,6 +188,7 @@ def run(child: ForkedChild) -> None:
     os.environ.update(request.env)
     os.chdir(request.cwd)
     os.environ["PWD"] = request.cwd  # MLflow runs uvicorn through bash, which sets it
+    os.environ.setdefault("SHLVL", "0")  # and SHLVL ("0" when it had none; else unchanged)
     _reset_process_state()
     script = _prepare_mlflow(request)
     argv = [script, *request.uvicorn_args()]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from declare import procs
-from declare.secrets import without_secrets
+from declare.environment import replica_environment
 from providers._shared import exclusive
 from providers.local.forkproto import (
     IDLE_SECONDS,
@@ -56,8 +56,9 @@ class ForkUnavailable(Exception):
 
 
 def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The fork server's environment: the provider's without secrets, as replicas get it."""
-    base = procs.venv_path_env(without_secrets(os.environ if environ is None else environ))
+    """The fork server's environment: the allow-listed part of the provider's, as replicas
+    get it (declare.environment; a forked replica's is then replaced by its own)."""
+    base = procs.venv_path_env(replica_environment(os.environ if environ is None else environ))
     return {**base, "MLFLOW_DISABLE_TELEMETRY": "true", ROOM_VARIABLE: room_value()}
 
 

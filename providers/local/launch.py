@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from declare import procs
+from declare.environment import replica_environment
 from declare.errors import ProviderError
 from declare.model import ReplicaSpec
-from declare.secrets import without_secrets
 from providers._shared import is_local_source, local_source_path
 from providers.local.forkclient import ForkServerClient, ForkUnavailable
 
@@ -69,6 +69,7 @@ class Launch:
     port: int
     workers: int
     log_path: Path
+    pass_env: tuple[str, ...] = ()  # providers.local.pass_env
 
     def argv(self) -> list[str]:
         return [
@@ -91,8 +92,11 @@ class Launch:
         }
 
     def env(self) -> dict[str, str]:
-        # Secrets of other replicas stay out; this one's come in environment_vars.
-        return procs.venv_path_env({**without_secrets(os.environ), **self._own_env()})
+        """The allow-listed part of declare's environment (declare.environment: no secret,
+        no gateway token, no state DSN), then this replica's own variables (its secrets
+        come in environment_vars)."""
+        allowed = replica_environment(os.environ, self.pass_env)
+        return procs.venv_path_env({**allowed, **self._own_env()})
 
     def start(self, project_dir: Path, where: str) -> procs.ProcessId:
         """Start it detached (in `project_dir` when it exists); ProviderError if it cannot."""

@@ -107,7 +107,16 @@ class LocalProvider:
             replica_id = new_replica_id(spec, {r.id for r in records})
             port = pick_port(host, frozenset(r.port for r in records), where)
             log_path = self.records.log_path(replica_id)
-            launch = Launch(spec, replica_id, source, host, port, self.settings.workers, log_path)
+            launch = Launch(
+                spec,
+                replica_id,
+                source,
+                host,
+                port,
+                self.settings.workers,
+                log_path,
+                self.settings.pass_env,
+            )
             proc = launch.start_by(
                 self.settings.launcher, self.forkserver, self.context.project_dir, where
             )

@@ -13,10 +13,14 @@ a `ConfigError` that names the field.
     replica_concurrency: concurrent requests one replica serves (default 4: one MLflow
              scoring-server worker, as Databricks counts 4 units of concurrency a replica);
              a served entity's concurrency range becomes a replica range by it.
+    pass_env: names (or `PREFIX*` patterns) of declare's environment that replicas get
+             beyond the allow-list of declare.environment (default none); secrets
+             (DECLARE_SECRET_*) never pass: a replica gets its own in environment_vars.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +30,8 @@ from providers._shared import loopback_host, replica_concurrency_setting
 
 __all__ = ["LAUNCHERS", "LocalSettings"]
 
-_ALLOWED_SETTINGS = ("workers", "host", "launcher", "replica_concurrency")
+_ALLOWED_SETTINGS = ("workers", "host", "launcher", "replica_concurrency", "pass_env")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 LAUNCHERS = ("fork", "exec")
 
 
@@ -38,6 +43,7 @@ class LocalSettings:
     host: str = "127.0.0.1"
     launcher: str = "fork"
     replica_concurrency: int = 4
+    pass_env: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> LocalSettings:
@@ -63,9 +69,18 @@ class LocalSettings:
             raise ConfigError(
                 f"providers.local.launcher: must be one of {', '.join(LAUNCHERS)}, got {launcher!r}"
             )
+        pass_env = raw.get("pass_env", [])
+        if not isinstance(pass_env, list) or not all(
+            isinstance(n, str) and _ENV_NAME.match(n) for n in pass_env
+        ):
+            raise ConfigError(
+                "providers.local.pass_env: must be a list of variable names (or NAME* "
+                f"patterns), got {pass_env!r}"
+            )
         return cls(
             workers=workers,
             host=host,
             launcher=launcher,
             replica_concurrency=replica_concurrency_setting(raw, "local"),
+            pass_env=tuple(pass_env),
         )

@@ -178,6 +178,10 @@ def test_a_forked_replica_answers_exactly_as_mlflow_models_serve(
     assert fork_env.pop("DECLARE_REPLICA_ID") == forked.id
     assert exec_env.pop("DECLARE_REPLICA_ID") == execed.id
     assert fork_env.pop("PWD") == str(fork_provider.context.project_dir)
+    # MLflow draws its telemetry id per process at import: each has its own.
+    assert fork_env.pop("_MLFLOW_TELEMETRY_SESSION_ID") != exec_env.pop(
+        "_MLFLOW_TELEMETRY_SESSION_ID"
+    )
     assert exec_env.pop("PWD") == str(exec_provider.context.project_dir)
     assert fork_env == exec_env
 

@@ -14,12 +14,21 @@ from tests.support import CliProject, manifest
 
 SECRET = "s3cr3t-value-4f9a1c"
 OTHER = "other-secret-77d2e0"
-ENV = {"DECLARE_SECRET_TEAM_API_KEY": SECRET, "DECLARE_SECRET_OTHER_TOKEN": OTHER}
+STRAY = "stray-credential-5be1"  # exported by the shell, needed by no process declare starts
+ENV = {
+    "DECLARE_SECRET_TEAM_API_KEY": SECRET,
+    "DECLARE_SECRET_OTHER_TOKEN": OTHER,
+    "UNRELATED_CLOUD_KEY": STRAY,
+    "MLFLOW_TRACKING_TOKEN": "mlflow-token-for-replicas",
+    "TEAM_REGION": "eu-test-1",  # passed on by providers.local.pass_env: [TEAM_*]
+}
 
 
 @pytest.fixture
 def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
-    p = CliProject(tmp_path, mlflow_project.tracking_uri)
+    p = CliProject(
+        tmp_path, mlflow_project.tracking_uri, "providers:\n  local:\n    pass_env: [TEAM_*]\n"
+    )
     p.write(
         manifest("iris", "1").replace(
             "      workload_size: Small\n",
@@ -77,3 +86,14 @@ def test_secret_value_reaches_only_the_replica(project: CliProject, tmp_path: Pa
     assert f"API_KEY={SECRET}".encode() in environ
     assert b"PLAIN=visible" in environ
     assert not any(OTHER.encode() in entry for entry in environ)
+    # ... and of the rest of declare's environment only the allow-list and pass_env.
+    assert b"MLFLOW_TRACKING_TOKEN=mlflow-token-for-replicas" in environ
+    assert b"TEAM_REGION=eu-test-1" in environ
+    assert not any(STRAY.encode() in entry for entry in environ)
+
+    # The gateway holds no secret, no MLflow credential, nothing stray.
+    gateway = Path(f"/proc/{project.gateway_pid().pid}/environ").read_bytes().split(b"\0")
+    names = {entry.split(b"=", 1)[0].decode() for entry in gateway if entry}
+    assert not {n for n in names if n.startswith(("DECLARE_SECRET_", "MLFLOW_"))}, names
+    assert "UNRELATED_CLOUD_KEY" not in names and "TEAM_REGION" not in names, names
+    assert "PATH" in names
