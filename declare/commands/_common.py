@@ -15,6 +15,7 @@ import typer
 
 from declare.errors import ConfigError
 from declare.plan import Plan
+from declare.state.backend import RUNTIME_LOCK_WAIT_SECONDS
 from declare.views.plan import render_human, render_json
 
 DirArg = Annotated[
@@ -24,7 +25,9 @@ LockTimeout = Annotated[
     str,
     typer.Option(
         "--lock-timeout",
-        help="How long to wait for the state lock: 0s, 30s, 5m.",
+        help="How long to wait for a state lock another run holds (0s, the default: fail at "
+        f"once; 30s, 5m). A lock the runtime holds is waited for up to "
+        f"{RUNTIME_LOCK_WAIT_SECONDS:g} s more.",
         metavar="DURATION",
     ),
 ]
