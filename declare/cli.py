@@ -6,6 +6,8 @@ state push/pull), registered by `register_all`. Every command takes the project 
 optional last argument (default: the current folder). Errors a user can cause are
 `DeclareError`s, printed without a traceback; `main()` maps them to exit codes in one place:
 0 success (plan: no changes), 1 error, 2 changes present (plan --detailed-exitcode).
+Shell completion is typer's (`--install-completion`, `--show-completion`), for the name
+`declare` however the CLI was started.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from declare.commands._common import echo, err
 from declare.errors import DeclareError
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+# The command's name whether it runs as `declare` or as `python -m declare`: usage lines and
+# shell completion (`--show-completion` registers the completion of the name `declare`, and
+# the completion script calls it with the variable _DECLARE_COMPLETE set) use it.
+PROG_NAME = "declare"
 
 app = typer.Typer(
     help="declare: Terraform-style deployment of ML model serving endpoints.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings=HELP_OPTIONS,
 )
@@ -75,7 +81,7 @@ def main() -> None:
     usage_errors = _exception_types("ClickException")
     aborts = _exception_types("Abort")
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name=PROG_NAME, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -51,6 +51,7 @@ from declare.manifests import (
     schema_problems,
     sort_problems,
 )
+from declare.model.names import PROJECT_NAME_MAX
 
 DEFAULT_GATEWAY_HOST = "127.0.0.1"
 DEFAULT_GATEWAY_PORT = 8787
@@ -153,7 +154,7 @@ def _absolute_uri(uri: str, base: Path) -> str:
 
 def _folder_name(project_dir: Path) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", project_dir.name).lstrip(".-_") or "project"
-    return name[:63]
+    return name[:PROJECT_NAME_MAX]
 
 
 def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

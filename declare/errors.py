@@ -10,6 +10,7 @@ with `error.exit_code`; anything else is a bug and is shown as one.
     ├── ConfigError                   declare.yaml or the environment is unusable
     ├── ModelResolutionError          an MLflow model URI cannot be resolved
     ├── StateError                    the recorded state cannot be read or written
+    │   ├── StateDocumentError        fields of a stored state are wrong (each located)
     │   ├── StateLockedError          another run holds the lock (names the holder)
     │   └── StaleStateError           a write would lose someone else's write
     ├── ProviderError                 a provider cannot do what it was asked
@@ -81,6 +82,18 @@ class ModelResolutionError(DeclareError):
 
 class StateError(DeclareError):
     """The recorded state cannot be read or written."""
+
+
+class StateDocumentError(StateError):
+    """A stored state whose fields declare cannot read: every problem located at the state's
+    place (file or database) and the field's JSON path, reported together."""
+
+    def __init__(self, where: str, problems: Sequence[LocatedError], recovery: str) -> None:
+        self.where = where
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = f"the state at {where} cannot be read: {count} problem{'s' if count != 1 else ''}:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems), recovery]))
 
 
 class StateLockedError(StateError):

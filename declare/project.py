@@ -35,6 +35,7 @@ from declare.runtime_control import ProcessRuntime
 from declare.secrets import PREFIX as SECRET_PREFIX
 from declare.state.backend import StateBackend
 from declare.state.document import State
+from declare.state.schema import load_state
 from declare.state.select import open_backend
 
 
@@ -105,7 +106,9 @@ class Project:
         ).hexdigest()[:16]
 
     def read_state(self) -> State:
-        return State.from_json(self.backend.read())
+        """The stored state, every field checked (StateDocumentError, located, when one is
+        wrong; the stored document is left as it is)."""
+        return load_state(self.backend.read(), self.backend.location)
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:

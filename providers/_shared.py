@@ -6,8 +6,9 @@ Provider Protocol (`declare.provider`), not copied into each plugin.
 - `exclusive(path)` serializes work guarded by a lock file (replica records, a wheel-cache
   entry) between threads of one declare and between declare processes (a thread lock per
   file, then flock on it). `loopback_host(value, field, why)` checks a configured address.
-- Replica naming: `sanitize_id`, `new_replica_id` (`<endpoint>-<entity>-<6 hex>`, avoiding
-  taken ids), `where_of` (how messages name a spec's endpoint and entity), `pick_port`.
+- Replica naming: `new_replica_id` (`<endpoint>-<entity>-<6 hex>`, avoiding taken ids; its
+  form and length limit, and `sanitize_id`, are `declare.model.names`'), `where_of` (how
+  messages name a spec's endpoint and entity), `pick_port`.
 - Replica handles: `handle_from_labels` builds a `ReplicaHandle` from the `declare.*` labels
   a provider recorded; `check_owner` refuses another provider's handle.
 - Death reasons: `last_error_line` of a replica's log, `death_reason` appending it.
@@ -32,7 +33,13 @@ from typing import Any
 
 from declare import procs
 from declare.errors import ConfigError, ProviderError
-from declare.model import ReplicaHandle, ReplicaSpec
+from declare.model import (
+    ReplicaHandle,
+    ReplicaSpec,
+    replica_id_problem,
+    replica_id_stem,
+    sanitize_id,
+)
 
 __all__ = [
     "check_owner",
@@ -96,16 +103,19 @@ def loopback_host(host: object, field: str, why: str) -> str:
 # -- replica naming ----------------------------------------------------------------------------
 
 
-def sanitize_id(text: str) -> str:
-    """`text` lowercased, with every run of characters outside [a-z0-9-] turned into one '-'."""
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower())
-    return re.sub(r"-{2,}", "-", cleaned).strip("-")
-
-
 def new_replica_id(spec: ReplicaSpec, taken: Collection[str | None]) -> str:
-    """A fresh replica id, `<endpoint>-<entity>-<6 hex>` sanitized, that is not in `taken`."""
+    """A fresh replica id, `<endpoint>-<entity>-<6 hex>` sanitized, that is not in `taken`.
+
+    ProviderError when the ids of this endpoint and entity are longer than REPLICA_ID_MAX
+    (`declare.model.names`: what every provider's file and container names are made for);
+    validate refuses such names, so this only meets names that bypassed it.
+    """
+    problem = replica_id_problem(spec.endpoint, spec.entity)
+    if problem:
+        raise ProviderError(f"{where_of(spec)}: {problem}")
+    stem = replica_id_stem(spec.endpoint, spec.entity)
     while True:
-        candidate = sanitize_id(f"{spec.endpoint}-{spec.entity}-{secrets.token_hex(3)}")
+        candidate = f"{stem}-{secrets.token_hex(3)}"
         if candidate not in taken:
             return candidate
 

@@ -9,12 +9,13 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
 from declare.errors import ConfigError
 from declare.plan import Plan
+from declare.state.backend import RUNTIME_LOCK_WAIT_SECONDS
 from declare.views.plan import render_human, render_json
 
 DirArg = Annotated[
@@ -24,7 +25,9 @@ LockTimeout = Annotated[
     str,
     typer.Option(
         "--lock-timeout",
-        help="How long to wait for the state lock: 0s, 30s, 5m.",
+        help="How long to wait for a state lock another run holds (0s, the default: fail at "
+        f"once; 30s, 5m). A lock the runtime holds is waited for up to "
+        f"{RUNTIME_LOCK_WAIT_SECONDS:g} s more.",
         metavar="DURATION",
     ),
 ]
@@ -79,16 +82,39 @@ def echo_plan(the_plan: Plan, view: str) -> None:
         echo(render_human(the_plan))
 
 
-def confirm(auto_approve: bool, what: str) -> None:
+def confirm(auto_approve: bool, what: str, cancelled: str = "Apply cancelled.") -> None:
+    """Ask before `what` is done; only the answer `yes` goes on.
+
+    On a terminal the answer is prompted for. Without one (`echo yes | declare apply`, as
+    Terraform users pipe it) one line is read from stdin. Any other answer, or none (end of
+    input), prints `cancelled` and exits 1; `--auto-approve` skips the question.
+    """
     if auto_approve:
         return
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            f"{what} needs confirmation, and there is no terminal to ask: "
-            "pass --auto-approve to approve non-interactively"
-        )
     echo(f"Do you want to perform these actions? declare will {what}.")
-    answer = typer.prompt("Only 'yes' will be accepted to approve", default="", show_default=False)
+    question = "Only 'yes' will be accepted to approve"
+    if _is_terminal(sys.stdin):
+        answer = typer.prompt(question, default="", show_default=False)
+    else:
+        echo(f"{question} (reading the answer from standard input):")
+        answer = _read_line(sys.stdin)
     if answer.strip() != "yes":
-        echo("Apply cancelled.")
+        echo(cancelled)
+        if answer.strip():
+            echo(f"(the answer was {answer.strip()[:40]!r}; only 'yes' approves)")
         raise typer.Exit(1)
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
+def _read_line(stream: TextIO | None) -> str:
+    """One line of `stream`; '' at its end, or when there is none or it is closed."""
+    try:
+        return stream.readline() if stream is not None else ""
+    except (OSError, ValueError, UnicodeDecodeError):
+        return ""

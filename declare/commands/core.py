@@ -216,9 +216,10 @@ def run_apply(
             view.no_changes(_urls(project, state))
             return
         if plan_file is None:
-            confirm(
-                auto_approve, "destroy every endpoint" if the_plan.destroy else "apply this plan"
-            )
+            if the_plan.destroy:
+                confirm(auto_approve, "destroy every endpoint", "Destroy cancelled.")
+            else:
+                confirm(auto_approve, "apply this plan", "Apply cancelled.")
         executor = Executor(project, the_plan, state, hooks=view, parallelism=parallelism)
         try:
             result = executor.run()

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from declare.commands._common import LockTimeout
 from declare.errors import ConfigError
 from declare.views.graph import RENDERERS
 
@@ -24,9 +25,7 @@ def graph(
         str, typer.Option("--format", help="dot (Graphviz) or mermaid.", metavar="FORMAT")
     ] = "dot",
     destroy: Annotated[bool, typer.Option("--destroy", help="Graph a destroy plan.")] = False,
-    lock_timeout: Annotated[
-        str, typer.Option("--lock-timeout", help="How long to wait for the state lock.")
-    ] = "0s",
+    lock_timeout: LockTimeout = "0s",
 ) -> None:
     """Print the plan's graph of actions as Graphviz DOT or Mermaid."""
     render = RENDERERS.get(fmt)

@@ -121,7 +121,7 @@ def force_unlock(
     """Remove a stuck state lock. Only when you know its holder is gone."""
     project = open_project(project_dir)
     if not force:
-        confirm(False, f"remove the state lock {lock_id}")
+        confirm(False, f"remove the state lock {lock_id}", "Unlock cancelled.")
     project.backend.force_unlock(lock_id)
     echo(f"declare state has been successfully unlocked (lock {lock_id}).")
 

@@ -27,6 +27,7 @@ import typer
 from declare.commands._common import DirArg, LockTimeout
 from declare.errors import ConfigError, StaleStateError, StateError
 from declare.state.backend import HEADER_KEYS, check_state, encode_state
+from declare.state.schema import check_document
 
 
 def push_document(
@@ -71,7 +72,8 @@ def push_document(
 
 
 def read_state_file(path: Path) -> dict[str, Any]:
-    """A state document from a JSON file; ConfigError/StateError naming the file."""
+    """A state document from a JSON file, every field checked; ConfigError/StateError naming
+    the file."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -82,7 +84,9 @@ def read_state_file(path: Path) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StateError(f"{path} is not a state file: not JSON ({exc})") from None
-    return check_state(data, str(path))
+    doc = check_state(data, str(path))
+    check_document(doc, str(path), f"Nothing was pushed. Correct the field in {path}.")
+    return doc
 
 
 def state_pull(project_dir: DirArg = Path("."), lock_timeout: LockTimeout = "0s") -> None:

@@ -3,7 +3,8 @@
 `check_endpoint` runs, on one document, the JSON Schema (`_schema`) and then the cross-field
 rules, each in its own module, every problem located at its field:
 - `_entities`: served_entities or the legacy served_models, not both, at least one entity;
-  entity names unique in the endpoint; environment variable names and secret references;
+  entity names unique in the endpoint, and short enough with the endpoint's name for the
+  replica ids providers derive; environment variable names and secret references;
 - `_names`: each entity names its model by entity_name + entity_version or model_uri, never
   both; model URIs well formed; entity names given or derived as Databricks derives them;
 - `_traffic`: routes name existing entities, each at most once, summing to 100; the default
@@ -25,7 +26,7 @@ from declare.errors import LocatedError
 from declare.model import EndpointSpec, manifest_limits, rollout_problems
 
 from ._build import DEFAULT_PROVIDER, build_spec
-from ._entities import entities_key, named_entities
+from ._entities import check_replica_ids, entities_key, named_entities
 from ._findings import Findings
 from ._schema import ENDPOINT_SCHEMA, schema_problems, show
 from ._source import Document
@@ -72,6 +73,7 @@ def _check(doc: Document, found: Findings, default_provider: str) -> EndpointSpe
     if key is None:
         return None
     entities = named_entities(config, key, found)
+    check_replica_ids(value.get("name"), entities, found)
     routes = check_routes(config, entities, found)
     tags = _tags(value.get("tags"), found)
     _policy_problems(value, found)

@@ -5,7 +5,10 @@ Checked here (each problem located at its field):
 - every entity has a name (given or derived, see `_names`), unique in the endpoint;
 - environment variable names are valid, and a value holding `{{` is one whole secret
   reference `{{secrets/<scope>/<key>}}`;
-- explicit provisioned concurrency follows Databricks' rules (`declare.model.scaling`).
+- explicit provisioned concurrency follows Databricks' rules (`declare.model.scaling`);
+- with the endpoint's name, each entity's name makes replica ids no provider refuses
+  (`declare.model.names`: at most REPLICA_ID_MAX characters; every file and container name
+  a provider derives from them then fits).
 
 Does not check the fields the JSON Schema covers (types, enums, unknown fields: `_schema`),
 the routes (`_traffic`), or whether a secret can be resolved (plan does: declare.secrets).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from declare.model.names import ENDPOINT_NAME_MAX, replica_id_problem
 from declare.model.scaling import concurrency_problems
 
 from ._findings import Findings
@@ -73,6 +77,18 @@ def named_entities(config: dict[str, Any], key: str, found: Findings) -> NamedEn
         seen[name] = path
         result.append((name, path))
     return result if complete else None
+
+
+def check_replica_ids(endpoint: Any, entities: NamedEntities | None, found: Findings) -> None:
+    """Reports each entity whose replica ids, named after `endpoint` and the entity, would be
+    longer than the providers' names allow. A missing or bad endpoint name is the schema's
+    to report, an entity without a name `named_entities`'."""
+    if not isinstance(endpoint, str) or not 1 <= len(endpoint) <= ENDPOINT_NAME_MAX:
+        return
+    for name, path in entities or []:
+        problem = replica_id_problem(endpoint, name)
+        if problem:
+            found.report((*path, "name"), problem)
 
 
 def check_environment(env: Any, path: FieldPath, found: Findings) -> None:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from declare.model.names import ENTITY_NAME_MAX
+
 from ._findings import Findings
 from ._schema import show
 from ._source import FieldPath
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+NAME_RE = re.compile(rf"^[A-Za-z0-9_-]{{1,{ENTITY_NAME_MAX}}}$")
 
 _URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, runs:/<run_id>/<path> or a path"
 
@@ -138,7 +140,8 @@ def entity_name(raw: dict[str, Any], path: FieldPath, legacy: bool, found: Findi
     if not NAME_RE.match(derived):
         found.report(
             (*path, "name"),
-            f"is required: the derived name {show(derived)} is longer than 128 characters",
+            f"is required: the derived name {show(derived)} is longer than {ENTITY_NAME_MAX} "
+            "characters",
         )
         return None
     return derived

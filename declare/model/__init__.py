@@ -11,6 +11,7 @@ no I/O, no MLflow, no processes.
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
     hashing    canonical JSON and content hashes
+    names      name limits, and the replica ids providers name what they make after
 """
 
 from declare.model.endpoint import (
@@ -22,12 +23,25 @@ from declare.model.endpoint import (
 )
 from declare.model.hashing import canonical_json, short_hash
 from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest_limits
+from declare.model.names import (
+    ENDPOINT_NAME_MAX,
+    ENTITY_NAME_MAX,
+    PROJECT_NAME_MAX,
+    REPLICA_ID_MAX,
+    replica_id_problem,
+    replica_id_stem,
+    sanitize_id,
+)
 from declare.model.replica import ReplicaHandle, ReplicaSpec
 from declare.model.resolved import ResolvedModel
 from declare.model.rollout import Figures, Guards, RolloutPolicy, judge, rollout_problems
 from declare.model.scaling import AutoscalePolicy, ReplicaRange
 
 __all__ = [
+    "ENDPOINT_NAME_MAX",
+    "ENTITY_NAME_MAX",
+    "PROJECT_NAME_MAX",
+    "REPLICA_ID_MAX",
     "WORKLOAD_SIZES",
     "WORKLOAD_TYPES",
     "AutoscalePolicy",
@@ -47,6 +61,9 @@ __all__ = [
     "canonical_json",
     "judge",
     "manifest_limits",
+    "replica_id_problem",
+    "replica_id_stem",
     "rollout_problems",
+    "sanitize_id",
     "short_hash",
 ]

@@ -2,7 +2,9 @@
 
 Storage (`backend.py` interfaces and shared rules, `local.py` the local file backend) moves
 plain JSON documents and owns their `serial` and `lineage`; `declare.state.document` gives
-the payload its meaning. Storage knows nothing of manifests, plans or providers.
+the payload its meaning, and `declare.state.schema` checks every field of a document read
+(schemas/state.schema.json) before it is used. Storage knows nothing of manifests, plans or
+providers.
 
     backend = LocalStateBackend(project_dir / "state")
     with backend.locked("apply", timeout_seconds=30):

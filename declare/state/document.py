@@ -25,7 +25,9 @@ and `lineage`; this module gives that document its meaning:
       }
     }
 
-Functions here are pure: each returns a new value. Nothing here does I/O.
+The `from_json` methods trust the document's shape: `declare.state.schema` checks every field
+against schemas/state.schema.json first. Functions here are pure: each returns a new value.
+Nothing here does I/O.
 """
 
 from __future__ import annotations

@@ -1,13 +1,21 @@
-"""Send one real prediction to the quickstart endpoint through declare's gateway."""
+"""Send one real prediction to the quickstart endpoint through declare's gateway.
+
+The gateway's host and port are read from this folder's declare.yaml, by declare's own loader.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import httpx
 
-URL = "http://127.0.0.1:8787/serving-endpoints/iris/invocations"
+from declare.config import load_config
+
+CONFIG = load_config(Path(__file__).resolve().parent, os.environ)
+URL = f"http://{CONFIG.gateway_host}:{CONFIG.gateway_port}/serving-endpoints/iris/invocations"
 BODY = {
     "dataframe_split": {
         "columns": [

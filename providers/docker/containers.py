@@ -71,8 +71,21 @@ SPEC_LABELS = (
 )
 
 
+# The longest container name declare gives: `declare-` + a project name (at most 63) + `-` +
+# a replica id (at most 128, declare.model.names) fit in it whole.
+CONTAINER_NAME_MAX = 200
+
+
 def container_name(project: str, replica_id: str) -> str:
-    return sanitize_id(f"declare-{project}-{replica_id}")[:200]
+    """`declare-<project>-<replica id>`, sanitized; ProviderError when it is longer than
+    CONTAINER_NAME_MAX (cutting it would cut the unique end of the replica id)."""
+    name = sanitize_id(f"declare-{project}-{replica_id}")
+    if len(name) > CONTAINER_NAME_MAX:
+        raise ProviderError(
+            f"replica {replica_id}: its container name would be {len(name)} characters, over "
+            f"{CONTAINER_NAME_MAX}: shorten the project ({project!r}), endpoint or entity name"
+        )
+    return name
 
 
 def container_config(

@@ -404,6 +404,37 @@ def test_state_push_and_pull_move_state_between_backends(
     assert "format_version" in broken.stderr and "Traceback" not in broken.stderr
 
 
+def test_a_stored_state_with_a_wrong_field_is_one_located_message(
+    tmp_path: Path, factory: BackendFactory, postgres_dsn: str, pg_schema: str, workspace: str
+) -> None:
+    """The PostgreSQL backend's read goes through the same check of every field as the
+    local file's: `declare plan` names the table, the workspace and the field, and writes
+    nothing."""
+    backend = factory()
+    stored = backend.write(
+        {
+            "gateway": None,
+            "endpoints": {"iris": {"name": "iris", "provider": "local", "replicas": "x"}},
+        }
+    )
+    folder = _project(
+        tmp_path / "pg",
+        f"  backend: postgres\n  dsn_env: {DSN_ENV}\n  schema: {pg_schema}\n"
+        f"  workspace: {workspace}\n",
+    )
+    count = sql.SQL("SELECT count(*) FROM {} WHERE workspace = %s").format(
+        sql.Identifier(pg_schema, "declare_state")
+    )
+    result = _declare("plan", str(folder), env={DSN_ENV: postgres_dsn})
+    assert result.returncode == 1
+    assert (
+        f'{backend.location}: endpoints.iris.replicas: expected an array or null, found "x"'
+    ) in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert _query(postgres_dsn, count, workspace) == [(1,)]
+    assert factory().read() == stored
+
+
 def test_missing_dsn_variable_fails_the_command_cleanly(tmp_path: Path) -> None:
     folder = _project(tmp_path, f"  backend: postgres\n  dsn_env: {DSN_ENV}\n")
     result = _declare("plan", str(folder), env={DSN_ENV: ""})
