@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds to wait for a replica's response (then 504; not retried)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to send a request's body (then 408)",
+    )
+    parser.add_argument(
         "--hold-queue",
         type=int,
         default=1000,
@@ -118,8 +124,10 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 def make_config(args: argparse.Namespace) -> GatewayConfig:
     if args.max_body_bytes <= 0:
         raise StartupError("--max-body-bytes must be positive", EXIT_USAGE)
-    if args.queue_timeout <= 0 or args.upstream_timeout <= 0:
-        raise StartupError("--queue-timeout and --upstream-timeout must be positive", EXIT_USAGE)
+    if args.queue_timeout <= 0 or args.upstream_timeout <= 0 or args.body_timeout <= 0:
+        raise StartupError(
+            "--queue-timeout, --upstream-timeout and --body-timeout must be positive", EXIT_USAGE
+        )
     if args.hold_queue < 0:
         raise StartupError("--hold-queue must be 0 or more", EXIT_USAGE)
     if not 0 <= args.eject_seconds < float("inf"):
@@ -130,6 +138,7 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         max_body_bytes=args.max_body_bytes,
         queue_timeout=args.queue_timeout,
         upstream_timeout=args.upstream_timeout,
+        body_timeout=args.body_timeout,
         pool_size=args.pool_size,
         pool_per_replica=args.pool_per_replica,
         hold_queue=args.hold_queue,

@@ -23,6 +23,7 @@ class GatewayConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     queue_timeout: float = 30.0  # longest wait for a connection slot to a replica
     upstream_timeout: float = 300.0  # longest wait for a replica's response (read timeout)
+    body_timeout: float = 30.0  # longest a client may take to send its request's body
     connect_timeout: float = 5.0  # TCP connect to a replica
     pool_size: int = 1024  # connections to all replicas together
     pool_per_replica: int = 256  # connections to one replica

@@ -17,6 +17,7 @@ nothing but invocations.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ import time
 from collections.abc import Mapping
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from declare.gateway.balance import CompiledEndpoint, fallback_entities, pick_entity, pick_replica
 from declare.gateway.config import GatewayConfig
@@ -42,6 +44,7 @@ from declare.gateway.upstream import ConnectFailed, Upstream
 
 log = logging.getLogger("declare.gateway")
 
+FULL_CHECK_BYTES = 1024 * 1024  # bodies up to this are parsed to check they are JSON objects
 JSON_TYPES = frozenset({"application/json"})
 CSV_TYPES = frozenset({"text/csv"})
 
@@ -70,6 +73,7 @@ class DataPlane:
         self._limiter = state.limiter
         self._send = upstream.send
         self._max_body_bytes = config.max_body_bytes
+        self._body_timeout = config.body_timeout
         self._retry_after = retry_after
         # The caller: the bearer token when auth is on (the only one that passes), else anyone.
         self._caller = "token" if config.auth_token else "anonymous"
@@ -117,7 +121,7 @@ class DataPlane:
     async def _invoke(
         self, request: web.Request, live: Live, endpoint: CompiledEndpoint
     ) -> tuple[web.Response, str | None]:
-        body = await read_body(request, self._max_body_bytes)
+        body = await read_body(request, self._max_body_bytes, self._body_timeout)
         if isinstance(body, web.Response):
             return body, None
         entity = pick_entity(endpoint, random.random())
@@ -257,8 +261,12 @@ def no_replica(endpoint: CompiledEndpoint, entity: str, eject_seconds: float) ->
     return message
 
 
-async def read_body(request: web.Request, max_body_bytes: int) -> bytes | web.Response:
-    """The request's body, or the 4xx when its type, size or JSON is not acceptable."""
+async def read_body(
+    request: web.Request, max_body_bytes: int, timeout: float = 30.0
+) -> bytes | web.Response:
+    """The request's body, or the 4xx when its type, size, encoding or JSON is not
+    acceptable, or 408 when the client takes over `timeout` s to send it (a slow sender
+    holds no more than its own request)."""
     mime = request.content_type
     if mime not in JSON_TYPES and mime not in CSV_TYPES:
         shown = request.headers.get("Content-Type", "none")
@@ -271,9 +279,19 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes | web.Re
     if size is not None and size > max_body_bytes:
         return too_large(max_body_bytes, size)
     try:
-        body = await request.read()
+        async with asyncio.timeout(timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return too_large(max_body_bytes, None)
+    except RequestPayloadError as exc:  # a Content-Encoding that does not decode, a cut body
+        why = str(exc).strip().splitlines()[-1].strip()
+        response = error_response(400, "BAD_REQUEST", f"the request body cannot be read: {why}")
+        response.force_close()  # aiohttp cannot read this connection's next request
+        return response
+    except TimeoutError:
+        return error_response(
+            408, "REQUEST_TIMEOUT", f"the request body was not received within {timeout:g} s"
+        )
     if mime in JSON_TYPES:
         problem = json_problem(body)
         if problem is not None:
@@ -292,13 +310,27 @@ _JSON_KINDS = {
 
 
 def json_problem(body: bytes) -> str | None:
-    """Why `body` is not a JSON object, or None when it is one."""
-    if not body:
+    """Why `body` is not a JSON object, or None when it is one.
+
+    A body over FULL_CHECK_BYTES is checked only for its outer braces: parsing megabytes on
+    the event loop would stall every other request for as long (the replica parses it, and
+    answers 400 when it is not JSON)."""
+    if not body.strip():
         return 'the request body is empty; send a JSON object such as {"inputs": ...}'
+    if len(body) > FULL_CHECK_BYTES:
+        text = body.strip()
+        if text[:1] == b"{" and text[-1:] == b"}":
+            return None
+        return (
+            "the request body must be a JSON object (with dataframe_split, dataframe_records, "
+            "instances or inputs)"
+        )
     try:
         value = json.loads(body)
     except UnicodeDecodeError:
         return "the request body is not valid UTF-8 JSON"
+    except RecursionError:
+        return "the request body is nested too deeply to be read as JSON"
     except ValueError as exc:
         return f"the request body is not valid JSON: {exc}"
     if not isinstance(value, dict):

@@ -181,10 +181,12 @@ def start_gateway(
     *,
     hold_queue: int = 1000,
     eject_seconds: float = 2.0,
+    body_timeout: float = 30.0,
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
 
-    `hold_queue` and `eject_seconds` are the process's `--hold-queue` and `--eject-seconds`.
+    `hold_queue`, `eject_seconds` and `body_timeout` are the process's `--hold-queue`,
+    `--eject-seconds` and `--body-timeout`.
 
     Raises GatewayError when a gateway of this project already runs, when the port is taken
     by another program, or when the process exits or stays silent at start-up (with the tail
@@ -198,6 +200,7 @@ def start_gateway(
     log_path = directory / LOG_NAME
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
     argv += ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
+    argv += ["--body-timeout", repr(float(body_timeout))]
     argv += ["--table-file", str(directory / TABLE_NAME)]
     offset = log_path.stat().st_size if log_path.exists() else 0
     try:

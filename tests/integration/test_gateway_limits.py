@@ -8,6 +8,8 @@ queue wait, in front of an echo upstream that can be told to answer slowly.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import os
 import secrets
 import socket
@@ -27,6 +29,7 @@ from declare.gateway.echo import spawn_echo
 from declare.gateway.table import RoutingTable
 
 pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
 
 
 class Gateway:
@@ -63,6 +66,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             "--pool-per-replica",
             "1",
             "--queue-timeout",
+            "1",
+            "--body-timeout",
             "1",
         ],
         env=env,
@@ -146,23 +151,60 @@ def test_slow_clients_do_not_stop_the_gateway_serving_others(gateway: Gateway) -
             s.close()
 
 
+DEEP = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+BIG_ARRAY = b"[" + b"1," * (MiB) + b"1]"  # over the 1 MiB fully parsed: checked shallowly
+
+
 @pytest.mark.parametrize(
-    ("body", "status"),
+    ("body", "status", "says", "encoding"),
     [
-        (b"[1, 2, 3]", 400),  # JSON, but not an object
-        (b'"just a string"', 400),
-        (b'{"inputs": [1,', 400),  # cut short
-        (b"\xff\xfe\x00garbage", 400),
+        (b"[1, 2, 3]", 400, "not an array", None),  # JSON, but not an object
+        (b'"just a string"', 400, "not a string", None),
+        (b'{"inputs": [1,', 400, "not valid JSON", None),  # cut short
+        (b"\xff\xfe\x00garbage", 400, "not valid JSON", None),
+        (DEEP, 400, "nested too deeply", None),
+        (BIG_ARRAY, 400, "must be a JSON object", None),
+        (b'{"inputs": [1]}', 400, "Can not decode content-encoding: gzip", "gzip"),
     ],
 )
 def test_wrong_shapes_get_a_4xx_and_the_gateway_keeps_serving(
-    gateway: Gateway, body: bytes, status: int
+    gateway: Gateway, body: bytes, status: int, says: str, encoding: str | None
 ) -> None:
-    r = httpx.post(
-        f"{gateway.url}/serving-endpoints/m/invocations",
-        content=body,
-        headers={"Content-Type": "application/json"},
-    )
+    headers = {"Content-Type": "application/json"}
+    if encoding:
+        headers["Content-Encoding"] = encoding  # the body is not gzip at all
+    r = httpx.post(f"{gateway.url}/serving-endpoints/m/invocations", content=body, headers=headers)
     assert r.status_code == status
     assert r.json()["error_code"] == "BAD_REQUEST"
+    assert says in r.json()["message"], r.json()
+    assert gateway.invoke({"inputs": [1]}).status_code == 200
+
+
+def test_a_gzip_body_and_a_big_object_pass(gateway: Gateway) -> None:
+    url = f"{gateway.url}/serving-endpoints/m/invocations"
+    packed = gzip.compress(b'{"inputs": [1]}')
+    r = httpx.post(url, content=packed, headers={"Content-Type": "application/json",
+                                                 "Content-Encoding": "gzip"})  # fmt: skip
+    assert r.status_code == 200 and r.json() == {"inputs": [1]}
+    big = b'{"inputs": [' + b"1," * MiB + b"1]}"
+    r = httpx.post(url, content=big, headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 200 and len(r.content) == len(big)
+
+
+def test_a_client_that_stops_sending_its_body_gets_408(gateway: Gateway) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(
+            b"POST /serving-endpoints/m/invocations HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"inp'
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or b"}" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(body)["error_code"] == "REQUEST_TIMEOUT"
     assert gateway.invoke({"inputs": [1]}).status_code == 200
