@@ -3,6 +3,8 @@
     GET /api/2.0/serving-endpoints[/{name}]   endpoint descriptions (Databricks shapes)
     GET /api/2.0/serving-endpoints/{name}/metrics   the endpoint's metrics, Prometheus text
     GET /metrics                              every endpoint's, Prometheus text
+    POST, PUT, PATCH, DELETE on /api/2.0/serving-endpoints[/...]   403: declare manages them
+    GET /.well-known/databricks-config        {} (the SDK's host metadata probe; no auth)
     GET /_declare/health                      pid, table version, endpoint count
 
 Descriptions come from the routing table as declare pushed it, with defaults filled in
@@ -19,7 +21,7 @@ from aiohttp import web
 
 from declare.gateway.balance import endpoint_ready
 from declare.gateway.exposition import CONTENT_TYPE, EndpointCollector, GatewayCollector, render
-from declare.gateway.responses import no_such_endpoint
+from declare.gateway.responses import error_response, no_such_endpoint
 from declare.gateway.state import GatewayState
 from declare.gateway.table import EndpointTable
 
@@ -64,6 +66,28 @@ class ManagementApi:
         if name not in self._state.table.endpoints:
             return no_such_endpoint(name)
         return _prometheus(render(EndpointCollector(self._state, name)))
+
+    async def read_only(self, request: web.Request) -> web.Response:
+        """Every request that would change an endpoint (the SDK's and MLflow's create,
+        update_config, put, patch, delete): 403 saying that declare manages it, so that a
+        client stops at once instead of retrying; 404 for an endpoint the gateway does not
+        serve (except create)."""
+        name = request.match_info.get("name")
+        if name is not None and name not in self._state.table.endpoints:
+            return no_such_endpoint(name)
+        what = f"serving endpoint {name!r} is" if name else "the serving endpoints here are"
+        return error_response(
+            403,
+            "PERMISSION_DENIED",
+            f"{what} managed by declare: this API is read-only ({request.method} "
+            f"{request.path} is not served); change the manifest, then `declare plan` and "
+            "`declare apply`",
+        )
+
+    async def host_metadata(self, _request: web.Request) -> web.Response:
+        """GET /.well-known/databricks-config, which the Databricks SDK asks before it
+        authenticates: no account, workspace or OIDC endpoint here (a bearer token only)."""
+        return web.json_response({})
 
     async def health(self, _request: web.Request) -> web.Response:
         table = self._state.table

@@ -3,12 +3,14 @@
 Public (bearer auth when `auth_token` is set):
     POST /serving-endpoints/{name}/invocations     forwarded to one replica's /invocations
     GET  /api/2.0/serving-endpoints[/{name}]       endpoint descriptions (Databricks shapes)
+    POST|PUT|PATCH|DELETE /api/2.0/serving-endpoints[/...]   403 PERMISSION_DENIED: declare
+                                                   manages the endpoints (read-only API)
     GET  /api/2.0/serving-endpoints/{name}/metrics the endpoint's metrics (export_metrics)
     GET  /metrics                                  every endpoint's metrics (Prometheus)
     A request over one of the endpoint's rate limits gets 429 REQUEST_LIMIT_EXCEEDED with
     Retry-After (see limits.py).
 No auth:
-    GET  /_declare/health
+    GET  /_declare/health, GET /.well-known/databricks-config (the SDK's probe: {})
 Admin (header X-Declare-Admin-Token):
     PUT|GET /_declare/admin/table, POST /_declare/admin/drain, GET /_declare/admin/metrics,
     GET /_declare/admin/demand[?wait=S]   demand per served entity (for the runtime)
@@ -93,10 +95,19 @@ class Gateway:
         routes = app.router
         routes.add_post("/serving-endpoints/{name}/invocations", self.data_plane.invocations)
         routes.add_get("/api/2.0/serving-endpoints", self.management.list_endpoints)
+        routes.add_get("/api/2.0/serving-endpoints/", self.management.list_endpoints)
+        for path in ("/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/"):
+            routes.add_post(path, self.management.read_only)  # create
+        for method in ("PUT", "PATCH", "DELETE"):
+            routes.add_route(method, "/api/2.0/serving-endpoints/{name}", self.management.read_only)
+            routes.add_route(
+                method, "/api/2.0/serving-endpoints/{name}/{what}", self.management.read_only
+            )
         routes.add_get("/api/2.0/serving-endpoints/{name}", self.management.get_endpoint)
         routes.add_get("/api/2.0/serving-endpoints/{name}/metrics", self.management.export_metrics)
         routes.add_get("/metrics", self.management.metrics)
         routes.add_get("/_declare/health", self.management.health)
+        routes.add_get("/.well-known/databricks-config", self.management.host_metadata)
         routes.add_put("/_declare/admin/table", self.admin.put_table)
         routes.add_get("/_declare/admin/table", self.admin.get_table)
         routes.add_post("/_declare/admin/drain", self.admin.drain)
@@ -122,6 +133,8 @@ class Gateway:
                 return error_response(
                     403, "PERMISSION_DENIED", f"admin requests need the {ADMIN_HEADER} header"
                 )
+        elif path.startswith("/.well-known/"):
+            pass  # clients probe it before they authenticate (the SDK's host metadata)
         elif self._bearer is not None and not _same_secret(
             request.headers.get("Authorization"), self._bearer
         ):
