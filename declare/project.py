@@ -128,6 +128,8 @@ class Project:
             max_body_bytes=cfg.gateway_max_body_bytes,
             queue_timeout_seconds=cfg.gateway_queue_timeout_seconds,
             hold_queue=DEFAULT_HOLD_QUEUE if cfg.runtime.enabled else 0,
+            capture_root=cfg.capture_root,
+            capture_max_payload_bytes=cfg.capture_max_payload_bytes,
         )
 
     def invocation_url(self, endpoint: str) -> str:
