@@ -73,7 +73,8 @@ class GatewayState:
         self.ejections = Ejections(eject_seconds)
         self.metrics = Metrics(metrics_capacity)
         self.limiter = RateLimiter()
-        self.capture = capture or CaptureBuffer()  # captured requests waiting to be written
+        # captured requests waiting to be written (`is None`: an empty buffer is falsy)
+        self.capture = CaptureBuffer() if capture is None else capture
         self.on_table: list[Callable[[CompiledTable], None]] = []  # told of every push
 
     @property

@@ -40,7 +40,9 @@ class CaptureBuffer:
         if capacity < 1 or flush_records < 1:
             raise ValueError("the capture buffer and its flush size must be at least 1")
         self.capacity = capacity
-        self.flush_records = min(flush_records, capacity)
+        # above `capacity`, only the writer's timer (and shutdown) writes: what does not fit
+        # meanwhile is dropped
+        self.flush_records = flush_records
         self._queue: deque[Captured] = deque()
         self.wake = threading.Event()  # set when a batch is ready (or at shutdown)
         self.captured = 0  # accepted into the buffer
