@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="folder of the inference tables of capturing endpoints (none: nothing captured)",
     )
-    parser.add_argument("--capture-buffer", type=int, default=10_000)
-    parser.add_argument("--capture-flush-records", type=int, default=1_000)
+    parser.add_argument("--capture-buffer", type=int, default=20_000)
+    parser.add_argument("--capture-flush-records", type=int, default=5_000)
     parser.add_argument("--capture-flush-seconds", type=float, default=1.0)
     parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
     parser.add_argument("--pool-size", type=int, default=1024)

@@ -40,7 +40,7 @@ class GatewayConfig:
     # dropped and counted), a write every `capture_flush_records` records or
     # `capture_flush_seconds`, and payloads over `capture_max_payload_bytes` stored truncated
     capture_root: Path | None = None
-    capture_buffer: int = 10_000
-    capture_flush_records: int = 1_000
+    capture_buffer: int = 20_000
+    capture_flush_records: int = 5_000
     capture_flush_seconds: float = 1.0
     capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES

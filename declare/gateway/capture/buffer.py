@@ -36,7 +36,7 @@ class Captured(NamedTuple):
 class CaptureBuffer:
     """Records waiting to be written, at most `capacity`; counts what it drops."""
 
-    def __init__(self, capacity: int = 10_000, flush_records: int = 1_000) -> None:
+    def __init__(self, capacity: int = 20_000, flush_records: int = 5_000) -> None:
         if capacity < 1 or flush_records < 1:
             raise ValueError("the capture buffer and its flush size must be at least 1")
         self.capacity = capacity

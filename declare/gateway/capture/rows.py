@@ -23,9 +23,8 @@ Pure: builds a `pyarrow.Table` from values; no I/O (the writer commits it).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import uuid
+import os
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -53,9 +52,6 @@ SCHEMA = pa.schema(
     ]
 )
 
-_EPOCH = dt.date(1970, 1, 1)
-_MS_PER_DAY = 86_400_000
-
 
 def payload_text(body: bytes, limit: int) -> tuple[str, bool]:
     """`body` as text, cut to `limit` bytes (a character cut in two is left out); True
@@ -78,6 +74,53 @@ def client_request_id(body: bytes) -> str | None:
     return None if found is None else str(found)
 
 
+def request_ids(n: int) -> list[str]:
+    """`n` random (version 4) UUIDs as text, from one read of the system's random source."""
+    h = os.urandom(16 * n).hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
+_VARIANT = "89ab"
+
+
+def _texts(bodies: Sequence[bytes], limit: int) -> tuple[pa.Array, list[bool]]:
+    """The bodies as a string column, cut to `limit` bytes, and which of them were cut."""
+    cut = [len(b) > limit for b in bodies]
+    if any(cut):
+        bodies = [b[:limit] if c else b for b, c in zip(bodies, cut, strict=True)]
+    try:  # one pass in Arrow; UTF-8 is checked there
+        return pa.array(bodies, pa.binary()).cast(pa.string()), cut
+    except pa.ArrowInvalid:  # a body that is not UTF-8 (or a character cut in two)
+        texts = [
+            b.decode("utf-8", "ignore" if c else "replace")
+            for b, c in zip(bodies, cut, strict=True)
+        ]
+        return pa.array(texts, pa.string()), cut
+
+
+def _metadata(records: Sequence[Captured]) -> pa.Array:
+    offsets = [0]
+    keys: list[str] = []
+    values: list[str] = []
+    cache: dict[tuple[object, ...], list[tuple[str, str]]] = {}
+    for r in records:
+        who = (r.endpoint, r.served_entity, r.model_name, r.model_version, r.requester)
+        pairs = cache.get(who)
+        if pairs is None:
+            pairs = cache[who] = metadata(r)
+        for k, v in pairs:
+            keys.append(k)
+            values.append(v)
+        offsets.append(len(keys))
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values, pa.string())
+    )
+
+
 def metadata(record: Captured) -> list[tuple[str, str]]:
     pairs = (
         ("endpoint_name", record.endpoint),
@@ -90,31 +133,36 @@ def metadata(record: Captured) -> list[tuple[str, str]]:
 
 
 def build_rows(records: Sequence[Captured], max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> pa.Table:
-    """The rows of `records`, in `SCHEMA`, in the order given."""
-    columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
-    for r in records:
-        request, request_cut = payload_text(r.request, max_payload_bytes)
-        response, response_cut = payload_text(r.response, max_payload_bytes)
-        columns["databricks_request_id"].append(str(uuid.uuid4()))
-        columns["client_request_id"].append(
-            client_request_id(r.request) if not request_cut else None
-        )
-        columns["date"].append(_EPOCH + dt.timedelta(days=r.timestamp_ms // _MS_PER_DAY))
-        columns["timestamp_ms"].append(r.timestamp_ms)
-        columns["status_code"].append(r.status_code)
-        columns["execution_time_ms"].append(r.execution_time_ms)
-        columns["sampling_fraction"].append(1.0)
-        columns["request"].append(request)
-        columns["response"].append(response)
-        columns["request_metadata"].append(metadata(r))
-        columns["logging_error_codes"].append(
+    """The rows of `records`, in `SCHEMA`, in the order given (column-wise, in Arrow where
+    it can: this runs on the writer thread, which shares the interpreter with the loop)."""
+    n = len(records)
+    requests = [r.request for r in records]
+    request, request_cut = _texts(requests, max_payload_bytes)
+    response, response_cut = _texts([r.response for r in records], max_payload_bytes)
+    timestamps = pa.array([r.timestamp_ms for r in records], pa.int64())
+    codes: list[list[str]] = [[] for _ in range(n)] if any(request_cut) or any(response_cut) else []
+    for i in range(len(codes)):
+        if request_cut[i]:
+            codes[i].append(REQUEST_TOO_LARGE)
+        if response_cut[i]:
+            codes[i].append(RESPONSE_TOO_LARGE)
+    columns = {
+        "databricks_request_id": pa.array(request_ids(n), pa.string()),
+        "client_request_id": pa.array(
             [
-                code
-                for code, cut in (
-                    (REQUEST_TOO_LARGE, request_cut),
-                    (RESPONSE_TOO_LARGE, response_cut),
-                )
-                if cut
-            ]
-        )
+                None if cut else client_request_id(b)
+                for b, cut in zip(requests, request_cut, strict=True)
+            ],
+            pa.string(),
+        ),
+        "date": timestamps.cast(pa.timestamp("ms")).cast(pa.date32()),
+        "timestamp_ms": timestamps,
+        "status_code": pa.array([r.status_code for r in records], pa.int32()),
+        "execution_time_ms": pa.array([r.execution_time_ms for r in records], pa.int64()),
+        "sampling_fraction": pa.repeat(pa.scalar(1.0, pa.float64()), n),
+        "request": request,
+        "response": response,
+        "request_metadata": _metadata(records),
+        "logging_error_codes": pa.array(codes or [[]] * n, pa.list_(pa.string())),
+    }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
