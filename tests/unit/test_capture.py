@@ -192,3 +192,49 @@ def test_a_gateway_routing_without_the_recorded_capture_is_drift() -> None:
     (change,) = diff([d], state, actual, "gw")
     assert change.route_push
     assert "the gateway does not route iris as recorded" in change.drift
+
+
+def test_declare_yaml_sets_the_capture_root_and_a_change_restarts_the_gateway(
+    tmp_path: Path,
+) -> None:
+    from declare.config import load_config
+    from declare.ports import GatewaySettings
+
+    assert load_config(tmp_path, {}).capture_root is None  # then <state>/capture
+    (tmp_path / "declare.yaml").write_text("capture:\n  root: tables\n  max_payload_bytes: 4096\n")
+    config = load_config(tmp_path, {})
+    assert config.capture_root == tmp_path.resolve() / "tables"
+    assert config.capture_max_payload_bytes == 4096
+    default = GatewaySettings("127.0.0.1", 8787)
+    assert GatewaySettings("127.0.0.1", 8787, capture_root=None).hash == default.hash
+    assert GatewaySettings("127.0.0.1", 8787, capture_root=config.capture_root).hash != default.hash
+
+
+def test_a_bad_capture_setting_in_declare_yaml_names_its_line_and_field(tmp_path: Path) -> None:
+    from declare.config import load_config
+
+    (tmp_path / "declare.yaml").write_text("capture:\n  max_payload_bytes: 0\n")
+    with pytest.raises(ManifestError) as exc:
+        load_config(tmp_path, {})
+    assert "declare.yaml:2" in str(exc.value) and "capture.max_payload_bytes" in str(exc.value)
+
+
+def test_status_names_the_inference_table_and_the_dropped_records() -> None:
+    from declare.views.status import status_json, status_lines
+
+    state, actual = applied(capturing(catalog_name="ml"))
+    counters = {"captured": 10, "dropped": 3, "written": 10, "failed": 0, "buffered": 0}
+    report = status_json(
+        state, actual, lambda n: f"http://gw/{n}", None, None, Path("/srv/capture"), counters
+    )
+    (endpoint,) = report["endpoints"]
+    assert endpoint["declare"]["inference_table"] == {
+        "name": "ml.default.iris_payload",
+        "path": "/srv/capture/ml/default/iris_payload",
+    }
+    assert report["capture"]["dropped"] == 3
+    lines = status_lines(report, "127.0.0.1", 8787)
+    assert "capture: 3 requests dropped (the capture buffer was full), 10 written" in lines
+    assert (
+        "  inference table ml.default.iris_payload: /srv/capture/ml/default/iris_payload" in lines
+    )
