@@ -2,7 +2,8 @@
 
 It sleeps until the buffer holds `flush_records` records or `flush_seconds` passed, takes
 everything queued, groups it by table and appends each group with `deltalake.write_deltalake`
-(mode append, partitioned by `date`; the table is created by its first write). Each append
+(mode append, partitioned by `date`; the table is created by its first write, then kept
+open so that an append does not read its whole log again). Each append
 is one Delta commit, atomic: a gateway killed mid-write leaves the table at its last commit,
 with at most an unreferenced data file that readers ignore. `close` (at clean shutdown)
 wakes it, writes what is left and joins it.
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from declare.gateway.capture.buffer import CaptureBuffer, Captured
 from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES, PARTITION_BY, build_rows
@@ -44,6 +46,7 @@ class CaptureWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._paths: dict[CaptureTarget, Path] = {}
+        self._tables: dict[CaptureTarget, Any] = {}  # the open DeltaTable of each target
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="declare-capture", daemon=True)
@@ -57,6 +60,8 @@ class CaptureWriter:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        import deltalake  # noqa: F401  (loaded here, off the loop, before the first batch)
+
         wake = self.buffer.wake
         while True:
             wake.wait(self.flush_seconds)
@@ -78,17 +83,23 @@ class CaptureWriter:
             self._write(target, records)
 
     def _write(self, target: CaptureTarget, records: list[Captured]) -> None:
-        from deltalake import write_deltalake  # imported here: only a capturing gateway needs it
+        from deltalake import DeltaTable, write_deltalake  # only a capturing gateway needs it
 
         path = self._paths.get(target)
         if path is None:
             path = self._paths[target] = target.path(self.root)
         started = time.perf_counter()
         try:
-            path.mkdir(parents=True, exist_ok=True)
             rows = build_rows(records, self.max_payload_bytes)
-            write_deltalake(str(path), rows, mode="append", partition_by=list(PARTITION_BY))
+            table = self._tables.get(target)
+            if table is None:  # the first write creates the table when it does not exist
+                path.mkdir(parents=True, exist_ok=True)
+                write_deltalake(str(path), rows, mode="append", partition_by=list(PARTITION_BY))
+                self._tables[target] = DeltaTable(str(path))
+            else:  # appends to the open table: its log is not read again from the start
+                write_deltalake(table, rows, mode="append", partition_by=list(PARTITION_BY))
         except Exception as exc:  # any failure of one table's write must not end the thread
+            self._tables.pop(target, None)  # opened afresh next time (moved, deleted, ...)
             self.buffer.failed += len(records)
             log.warning(
                 "capture: %d records for %s could not be written to %s: %s",
