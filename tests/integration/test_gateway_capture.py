@@ -329,3 +329,40 @@ def test_a_gateway_killed_while_writing_leaves_a_readable_table(
     after = [json.loads(r["request"])["inputs"] for r in rows(path)]
     assert len(after) == len(kept) + 3
     assert [x for x in after if x[0][0] == "after"] == [[["after", i]] for i in range(3)]
+
+
+def test_the_projects_gateway_captures_what_the_recorded_state_enables(
+    tmp_path: Path, echo_url: str
+) -> None:
+    """The whole way without MLflow: a recorded endpoint whose manifest enabled capture ->
+    the routing table declare pushes -> the project's gateway (started as apply starts it,
+    with the default capture root) -> state/capture/main/default/<endpoint>_payload."""
+    from dataclasses import replace
+
+    from declare.gateway_control import ProcessGateway
+    from declare.ports import GatewaySettings
+    from declare.routing import routing_table
+    from declare.state.document import State
+    from tests.unit.planning_fixtures import applied, desired
+
+    d = desired(("1", 100))
+    d = replace(d, spec=replace(d.spec, extra={"auto_capture_config": {"enabled": True}}))
+    state, _ = applied(d)
+    record = state.endpoints["iris"]
+    replicas = tuple(replace(r, handle=replace(r.handle, url=echo_url)) for r in record.replicas)
+    state = State(serial=3, lineage="l", endpoints={"iris": replace(record, replicas=replicas)})
+    state_dir = tmp_path / "state"
+    gateway = ProcessGateway(state_dir)
+    gateway.start(GatewaySettings("127.0.0.1", procs.free_port()))
+    try:
+        admin = gateway.admin()
+        assert admin is not None
+        admin.put_table(routing_table(state, 1))
+        url = f"{gateway.record().base_url}/serving-endpoints/iris/invocations"  # type: ignore[union-attr]
+        assert httpx.post(url, json={"inputs": [[5.1, 3.5]]}, trust_env=False).status_code == 200
+    finally:
+        gateway.stop()
+    (row,) = rows(state_dir / "capture" / "main" / "default" / "iris_payload")
+    assert json.loads(row["request"]) == {"inputs": [[5.1, 3.5]]}
+    assert dict(row["request_metadata"])["model_version"] == "1"
+    assert dict(row["request_metadata"])["served_entity_name"] == "iris-1"
