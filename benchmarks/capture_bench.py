@@ -101,6 +101,10 @@ def main() -> int:
                 print(f"round {n}, capture on:")
                 on.append(measured(pid, f"{base}/captured/invocations", args, cpu_on))
             stats = client.metrics()["capture"]
+        except SystemExit:  # requests failed: show what the gateway said about them
+            log = record.log_path.read_text(errors="replace").splitlines()
+            print("\n".join(line for line in log if "WARNING" in line or "ERROR" in line)[-3000:])
+            raise
         finally:
             stop_gateway(state_dir, grace_seconds=30)
             echo.terminate()
