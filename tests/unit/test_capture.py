@@ -238,3 +238,48 @@ def test_status_names_the_inference_table_and_the_dropped_records() -> None:
     assert (
         "  inference table ml.default.iris_payload: /srv/capture/ml/default/iris_payload" in lines
     )
+
+
+def test_a_failed_write_is_counted_and_the_next_batch_still_written(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    from declare.gateway.capture import CaptureWriter
+
+    blocked = tmp_path / "capture"
+    blocked.write_text("a file where the tables' folder should be")
+    buffer = CaptureBuffer(capacity=10, flush_records=10)
+    writer = CaptureWriter(buffer, blocked)
+    buffer.offer(captured())
+    buffer.offer(captured())
+    writer.flush()  # on the caller's thread: the same work the writer thread does
+    assert (buffer.failed, buffer.written, len(buffer)) == (2, 0, 0)
+    blocked.unlink()
+    buffer.offer(captured(request=b'{"inputs": [[2]]}'))
+    writer.flush()
+    assert (buffer.failed, buffer.written) == (2, 1)
+    table = DeltaTable(str(blocked / "main" / "default" / "iris_payload"))
+    assert [json.loads(r)["inputs"] for r in table.to_pyarrow_table()["request"].to_pylist()] == [
+        [[2]]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--capture-buffer", "0"),
+        ("--capture-flush-seconds", "0"),
+        ("--capture-max-payload-bytes", "-1"),
+    ],
+)
+def test_the_gateway_refuses_capture_settings_that_cannot_work(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    from declare.gateway.__main__ import StartupError, make_config, parse_args
+
+    token = tmp_path / "admin-token"
+    token.write_text("secret")
+    token.chmod(0o600)
+    args = parse_args(["--port", "1", "--admin-token-file", str(token), option, value])
+    with pytest.raises(StartupError) as exc:
+        make_config(args)
+    assert option in str(exc.value)
