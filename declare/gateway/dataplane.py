@@ -20,6 +20,7 @@ nothing but invocations.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -47,6 +48,9 @@ from declare.gateway.upstream import ConnectFailed, Upstream
 log = logging.getLogger("declare.gateway")
 
 JSON_TYPES = frozenset({"application/json"})
+# The longest a captured request answered before its body was read (a 429, a 415) waits for
+# that body; a slow sender's request is then captured with an empty body.
+CAPTURE_READ_SECONDS = 1.0
 CSV_TYPES = frozenset({"text/csv"})
 
 
@@ -126,10 +130,11 @@ class DataPlane:
         """Hand this request and its answer to the capture buffer (never waits for a write)."""
         table = endpoint.table
         assert table.capture is not None
-        try:  # already read (and kept by aiohttp) unless the gateway answered before
-            body = await request.read()
-        except (web.HTTPException, ConnectionError):
-            body = b""
+        try:  # already read (and kept by aiohttp) unless the gateway answered before it
+            async with asyncio.timeout(CAPTURE_READ_SECONDS):
+                body = await request.read()
+        except (web.HTTPException, ConnectionError, TimeoutError):
+            body = b""  # a body too large, cut off, or still arriving: captured empty
         payload = response.body if isinstance(response.body, bytes) else b""
         model = table.models.get(entity) if entity is not None else None
         self._capture_buffer.offer(
