@@ -17,6 +17,8 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
                         name (none), max body 16 MiB, queue timeout 30 s
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
+    capture_*           capture.root: the folder of the endpoints' inference tables (default
+                        <state_dir>/capture), capture.max_payload_bytes (default 1 MiB)
     runtime             enabled (default true), poll 0.5 s, stable 30 s, backoff up to 300 s,
                         supervisor declare (runtime and keeper) or systemd (its unit)
 
@@ -59,6 +61,7 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
 DEFAULT_READY_TIMEOUT_SECONDS = 180.0
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
+DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES = 1024 * 1024  # Databricks logs payloads up to 1 MiB
 STATE_BACKENDS = ("local", "postgres")
 POSTGRES_STATE_KEYS = ("dsn_env", "schema", "table", "workspace")
 
@@ -117,6 +120,8 @@ class ProjectConfig:
     config_file: Path | None = None  # declare.yaml when the project has one
     state_backend: StateBackendSettings = field(default_factory=StateBackendSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    capture_root: Path | None = None  # None: <state_dir>/capture
+    capture_max_payload_bytes: int = DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES
 
     def provider_settings(self, name: str) -> Mapping[str, Any]:
         """declare.yaml `providers.<name>`, or an empty mapping."""
@@ -281,6 +286,7 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
     timeouts = _section(data, "timeouts")
     manifests = _section(data, "manifests")
     providers = _section(data, "providers")
+    capture = _section(data, "capture")
     return ProjectConfig(
         project_dir=project_dir,
         project_name=data.get("project") or _folder_name(project_dir),
@@ -303,6 +309,10 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         config_file=config_path,
         state_backend=_state_backend(state),
         runtime=_runtime(_section(data, "runtime")),
+        capture_root=(project_dir / capture["root"]).resolve() if "root" in capture else None,
+        capture_max_payload_bytes=int(
+            capture.get("max_payload_bytes", DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES)
+        ),
     )
 
 

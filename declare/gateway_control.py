@@ -1,6 +1,7 @@
 """The project's gateway as a detached process: `ProcessGateway` implements
 `declare.ports.GatewayControl` with `declare.gateway.process` (start, find, stop the
-process, files under `state_dir/gateway/`) and `declare.gateway.client` (its admin API).
+process, files under `state_dir/gateway/`; inference tables under `state_dir/capture/`
+unless declare.yaml's `capture.root` says otherwise) and `declare.gateway.client` (its admin API).
 
 Does not push tables on its own: the apply ledger does.
 """
@@ -18,6 +19,8 @@ from declare.gateway.process import (
     stop_gateway,
 )
 from declare.ports import GatewayAdmin, GatewaySettings
+
+CAPTURE_DIR = "capture"  # the inference tables' default folder, in the state folder
 
 
 class ProcessGateway:
@@ -44,6 +47,8 @@ class ProcessGateway:
             max_body_bytes=settings.max_body_bytes,
             queue_timeout=settings.queue_timeout_seconds,
             hold_queue=settings.hold_queue,
+            capture_root=settings.capture_root or self.state_dir / CAPTURE_DIR,
+            capture_max_payload_bytes=settings.capture_max_payload_bytes,
         )
 
     def stop(self) -> None:

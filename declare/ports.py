@@ -19,9 +19,11 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
 from declare.gateway.table import RoutingTable
 from declare.model import ReplicaHandle, ResolvedModel, canonical_json
 from declare.provider import Provider
@@ -42,6 +44,10 @@ class GatewaySettings:
     # requests held per endpoint while an entity has no ready replica (0: none are held,
     # a 503 at once; what a project without the runtime gets, as nothing would wake it)
     hold_queue: int = DEFAULT_HOLD_QUEUE
+    # the folder of the inference tables (None: `<state folder>/capture`) and the payload
+    # size over which a captured body is stored truncated
+    capture_root: Path | None = None
+    capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES
 
     @property
     def hash(self) -> str:
@@ -59,6 +65,18 @@ class GatewaySettings:
                         {}
                         if self.hold_queue == DEFAULT_HOLD_QUEUE
                         else {"hold_queue": self.hold_queue}
+                    ),
+                    # only when set, so that the hash of a gateway started before capture
+                    # existed stays the same (no restart)
+                    **(
+                        {}
+                        if self.capture_root is None
+                        else {"capture_root": str(self.capture_root)}
+                    ),
+                    **(
+                        {}
+                        if self.capture_max_payload_bytes == MAX_PAYLOAD_BYTES
+                        else {"capture_max_payload": self.capture_max_payload_bytes}
                     ),
                 }
             ).encode()

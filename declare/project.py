@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from declare.config import ProjectConfig, load_config
-from declare.errors import ConfigError
-from declare.gateway_control import ProcessGateway
+from declare.errors import ConfigError, GatewayError
+from declare.gateway_control import CAPTURE_DIR, ProcessGateway
 from declare.model import canonical_json
 from declare.ports import (
     DEFAULT_HOLD_QUEUE,
@@ -131,7 +131,25 @@ class Project:
             max_body_bytes=cfg.gateway_max_body_bytes,
             queue_timeout_seconds=cfg.gateway_queue_timeout_seconds,
             hold_queue=DEFAULT_HOLD_QUEUE if cfg.runtime.enabled else 0,
+            capture_root=cfg.capture_root,
+            capture_max_payload_bytes=cfg.capture_max_payload_bytes,
         )
+
+    def capture_root(self) -> Path:
+        """The folder of the endpoints' inference tables (declare.yaml `capture.root`)."""
+        return self.config.capture_root or self.config.state_dir / CAPTURE_DIR
+
+    def capture_counters(self) -> dict[str, int] | None:
+        """The running gateway's capture counters (captured, dropped, ...), or None when no
+        gateway runs or it cannot say."""
+        admin = self.gateway.admin()
+        if admin is None:
+            return None
+        try:
+            counters = admin.metrics().get("capture")
+        except GatewayError:
+            return None
+        return dict(counters) if isinstance(counters, dict) else None
 
     def invocation_url(self, endpoint: str) -> str:
         host, port = self.config.gateway_host, self.config.gateway_port

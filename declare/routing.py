@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 from declare.describe import describe
-from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable
-from declare.model import RateLimit
+from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable, ServedModel
+from declare.model import CaptureTarget, RateLimit
 from declare.state.document import EndpointRecord, State
 
 
@@ -35,6 +35,8 @@ class Routing:
     served_names: dict[str, str]  # target key -> served entity name, where they differ
     rate_limits: tuple[RateLimit, ...]
     hold_seconds: float = 0.0
+    capture: CaptureTarget | None = None
+    models: dict[str, ServedModel] | None = None  # target key -> the model it serves
 
     def replica_ids(self) -> dict[str, list[str]]:
         return {key: sorted(t.id for t in targets) for key, targets in self.entities.items()}
@@ -48,9 +50,13 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
     traffic = record.traffic()
     entities: dict[str, tuple[ReplicaTarget, ...]] = {}
     served: dict[str, str] = {}
+    models: dict[str, ServedModel] = {}
     routes: list[tuple[str, int]] = []
     for entity, generation, pct in traffic:
         key = target_key(traffic, entity, generation)
+        resolved = record.models.get(entity)
+        if resolved is not None and record.generation(entity) == generation:
+            models[key] = ServedModel(resolved.name, resolved.version)
         entities[key] = tuple(
             ReplicaTarget(r.id, r.handle.url) for r in record.serving_replicas(entity, generation)
         )
@@ -63,6 +69,8 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
         served,
         record.spec.enforced_limits,
         record.spec.autoscaling.hold_seconds,
+        record.spec.capture,
+        models,
     )
 
 
@@ -80,6 +88,8 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
             served_names=routing.served_names,
             rate_limits=routing.rate_limits,
             hold_seconds=routing.hold_seconds,
+            capture=routing.capture,
+            models=routing.models or {},
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -89,13 +99,13 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
 
 def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bool:
     """True when a gateway's `live` entry routes `record` as the state says it should:
-    the same shares, the same replica ids per target, the same limits."""
+    the same shares, the same replica ids per target, the same limits and capture."""
     expected = expected_routing(record)
     if live is None or expected is None:
         return live is None and expected is None
     if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
         return False
-    if live.hold_seconds != expected.hold_seconds:
+    if live.hold_seconds != expected.hold_seconds or live.capture != expected.capture:
         return False
     have = {key: sorted(t.id for t in targets) for key, targets in live.entities.items()}
     return all(have.get(key, []) == ids for key, ids in expected.replica_ids().items())

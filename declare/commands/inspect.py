@@ -70,6 +70,8 @@ def status(project_dir: DirArg = Path("."), as_json: JsonOpt = False) -> None:
         project.invocation_url,
         project.runtime.status(),
         per_replica,
+        project.capture_root(),
+        project.capture_counters(),
     )
     if as_json:
         echo(json.dumps(report, indent=2))

@@ -17,6 +17,8 @@ Modules:
                 ejections, metrics
     responses   the Databricks-style error responses
     hold        requests held for a replica instead of 503 (endpoint `hold_seconds`)
+    capture/    inference tables: the bounded buffer of captured requests and the thread
+                that appends them to Delta tables (endpoint `capture`)
     dataplane   invocations: limits, body checks, entity/replica choice, one retry, hold
     upstream    the pooled client session to the replicas
     management  the read-only management API and health

@@ -24,6 +24,7 @@ import uvloop
 from aiohttp import web
 
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
+from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
 from declare.gateway.server import Gateway, GatewayConfig
 
 log = logging.getLogger("declare.gateway")
@@ -82,6 +83,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="keep each pushed routing table here; loaded at start when present",
     )
+    parser.add_argument(
+        "--capture-root",
+        type=Path,
+        default=None,
+        help="folder of the inference tables of capturing endpoints (none: nothing captured)",
+    )
+    parser.add_argument("--capture-buffer", type=int, default=20_000)
+    parser.add_argument("--capture-flush-records", type=int, default=5_000)
+    parser.add_argument("--capture-flush-seconds", type=float, default=1.0)
+    parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
     parser.add_argument("--shutdown-grace", type=float, default=30.0)
@@ -132,6 +143,16 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         raise StartupError("--hold-queue must be 0 or more", EXIT_USAGE)
     if not 0 <= args.eject_seconds < float("inf"):
         raise StartupError("--eject-seconds must be a number of seconds, 0 or more", EXIT_USAGE)
+    if min(args.capture_buffer, args.capture_flush_records, args.capture_max_payload_bytes) < 1:
+        raise StartupError(
+            "--capture-buffer, --capture-flush-records and --capture-max-payload-bytes "
+            "must be 1 or more",
+            EXIT_USAGE,
+        )
+    if not 0 < args.capture_flush_seconds < float("inf"):
+        raise StartupError(
+            "--capture-flush-seconds must be a number of seconds above 0", EXIT_USAGE
+        )
     return GatewayConfig(
         admin_token=read_admin_token(args.admin_token_file),
         auth_token=os.environ.get(AUTH_ENV) or None,
@@ -144,6 +165,11 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         hold_queue=args.hold_queue,
         eject_seconds=args.eject_seconds,
         table_file=args.table_file,
+        capture_root=args.capture_root,
+        capture_buffer=args.capture_buffer,
+        capture_flush_records=args.capture_flush_records,
+        capture_flush_seconds=args.capture_flush_seconds,
+        capture_max_payload_bytes=args.capture_max_payload_bytes,
     )
 
 

@@ -4,7 +4,8 @@
                                    table file, which a gateway started again loads first)
     GET  /_declare/admin/table     the table in force
     POST /_declare/admin/drain     wait until replicas have no requests in flight
-    GET  /_declare/admin/metrics   request metrics, optionally since a unix time
+    GET  /_declare/admin/metrics   request metrics, optionally since a unix time; `capture`:
+                                   the inference-table counters (captured, dropped, ...)
     GET  /_declare/admin/demand    demand per served entity, for the runtime's autoscaling:
                                    ?wait=S (0-30) answers early when a request becomes held
                                    or a replica cannot be reached (see demand.py)
@@ -129,6 +130,7 @@ class AdminApi:
                 )
         report = self._state.metrics.report(since)
         report["table_version"] = self._state.table.version
+        report["capture"] = self._state.capture.stats()
         return web.json_response(report)
 
     async def demand(self, request: web.Request) -> web.Response:

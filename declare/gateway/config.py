@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from declare.gateway import MAX_BODY_BYTES
+from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
 from declare.gateway.metrics import DEFAULT_CAPACITY
 
 
@@ -35,3 +36,12 @@ class GatewayConfig:
     # where each pushed table is kept, so that a gateway started again (after a crash)
     # routes at once as before instead of knowing no endpoint until the next push
     table_file: Path | None = None
+    # inference tables (capture/): the folder below which each capturing endpoint's Delta
+    # table lives (None: nothing is captured), the most records waiting to be written (then
+    # dropped and counted), a write every `capture_flush_records` records or
+    # `capture_flush_seconds`, and payloads over `capture_max_payload_bytes` stored truncated
+    capture_root: Path | None = None
+    capture_buffer: int = 20_000
+    capture_flush_records: int = 5_000
+    capture_flush_seconds: float = 1.0
+    capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES

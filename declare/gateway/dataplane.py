@@ -8,7 +8,10 @@ that replica with one retry on another replica when the first could not be reach
 to pick and the endpoint's `hold_seconds` is above 0, the request is held until one appears
 (`hold.py`), also after a failed connection that left no other replica. Every request to a
 known endpoint is then one sample of the metrics, and every error one warning in the log;
-the demand per entity (`demand.py`) is counted as it goes.
+the demand per entity (`demand.py`) is counted as it goes. When the endpoint captures (its
+table entry has `capture`) and the gateway has a capture root, the request, its answer
+(4xx, 429 and 5xx too) and who served it go to the capture buffer (`capture/`), which
+writes them to the inference table from a thread of its own.
 
 It reads the routing table once per request (`state.live`), so a request keeps the table it
 started with. It does not authenticate (the middleware in `server.py` does) and serves
@@ -28,6 +31,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from declare.gateway.balance import CompiledEndpoint, fallback_entities, pick_entity, pick_replica
+from declare.gateway.capture.buffer import Captured
 from declare.gateway.config import GatewayConfig
 from declare.gateway.demand import EntityDemand
 from declare.gateway.hold import HoldQueue, Picked
@@ -46,6 +50,9 @@ log = logging.getLogger("declare.gateway")
 
 FULL_CHECK_BYTES = 1024 * 1024  # bodies up to this are parsed to check they are JSON objects
 JSON_TYPES = frozenset({"application/json"})
+# The longest a captured request answered before its body was read (a 429, a 415) waits for
+# that body; a slow sender's request is then captured with an empty body.
+CAPTURE_READ_SECONDS = 1.0
 CSV_TYPES = frozenset({"text/csv"})
 
 
@@ -78,8 +85,11 @@ class DataPlane:
         # The caller: the bearer token when auth is on (the only one that passes), else anyone.
         self._caller = "token" if config.auth_token else "anonymous"
         self.holds = HoldQueue(state, self._pick, config.hold_queue, retry_after)
+        self._capture_buffer = state.capture
+        self._capture_on = config.capture_root is not None
 
     async def invocations(self, request: web.Request) -> web.Response:
+        arrived = time.time()
         started = time.perf_counter()
         name = request.match_info["name"]
         live = self._state.live  # this request's table, whatever is pushed meanwhile
@@ -105,10 +115,46 @@ class DataPlane:
                 entity,
                 response.text if response.content_type == "application/json" else "",
             )
-        self._metrics.record(
-            name, entity, (time.perf_counter() - started) * 1000.0, error, response.status
-        )
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        self._metrics.record(name, entity, elapsed_ms, error, response.status)
+        if self._capture_on and endpoint.table.capture is not None:
+            await self._capture(request, endpoint, entity, response, arrived, elapsed_ms)
         return response
+
+    async def _capture(
+        self,
+        request: web.Request,
+        endpoint: CompiledEndpoint,
+        entity: str | None,
+        response: web.Response,
+        arrived: float,
+        elapsed_ms: float,
+    ) -> None:
+        """Hand this request and its answer to the capture buffer (never waits for a write)."""
+        table = endpoint.table
+        assert table.capture is not None
+        try:  # already read (and kept by aiohttp) unless the gateway answered before it
+            async with asyncio.timeout(CAPTURE_READ_SECONDS):
+                body = await request.read()
+        except (web.HTTPException, ConnectionError, TimeoutError):
+            body = b""  # a body too large, cut off, or still arriving: captured empty
+        payload = response.body if isinstance(response.body, bytes) else b""
+        model = table.models.get(entity) if entity is not None else None
+        self._capture_buffer.offer(
+            Captured(
+                table.capture,
+                table.name,
+                table.served_name(entity) if entity is not None else None,
+                model.name if model is not None else None,
+                model.version if model is not None else None,
+                int(arrived * 1000),
+                response.status,
+                int(elapsed_ms),
+                body,
+                payload,
+                self._caller,
+            )
+        )
 
     def _over_limit(self, endpoint: CompiledEndpoint) -> web.Response | None:
         """A 429 when the request would exceed one of the endpoint's rate limits."""

@@ -55,6 +55,7 @@ class GatewayRecord:
     auth: bool = False  # whether end users need a bearer token (the token is not recorded)
     hold_queue: int = 1000  # most requests held per endpoint waiting for a replica
     eject_seconds: float = 2.0  # how long an unreachable replica is skipped
+    capture_root: Path | None = None  # the folder of the inference tables
 
     @property
     def base_url(self) -> str:
@@ -85,6 +86,7 @@ class GatewayRecord:
             "auth": self.auth,
             "hold_queue": self.hold_queue,
             "eject_seconds": self.eject_seconds,
+            "capture_root": None if self.capture_root is None else str(self.capture_root),
         }
 
     @classmethod
@@ -102,6 +104,7 @@ class GatewayRecord:
             auth=bool(data.get("auth", False)),
             hold_queue=int(data.get("hold_queue", 1000)),
             eject_seconds=float(data.get("eject_seconds", 2.0)),
+            capture_root=Path(data["capture_root"]) if data.get("capture_root") else None,
         )
 
 
@@ -182,11 +185,15 @@ def start_gateway(
     hold_queue: int = 1000,
     eject_seconds: float = 2.0,
     body_timeout: float = 30.0,
+    capture_root: Path | None = None,
+    capture_max_payload_bytes: int | None = None,
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
 
     `hold_queue`, `eject_seconds` and `body_timeout` are the process's `--hold-queue`,
-    `--eject-seconds` and `--body-timeout`.
+    `--eject-seconds` and `--body-timeout`; `capture_root` and `capture_max_payload_bytes`
+    its `--capture-root` (the inference tables' folder; none: nothing is captured) and
+    `--capture-max-payload-bytes`.
 
     Raises GatewayError when a gateway of this project already runs, when the port is taken
     by another program, or when the process exits or stays silent at start-up (with the tail
@@ -202,6 +209,10 @@ def start_gateway(
     argv += ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
     argv += ["--body-timeout", repr(float(body_timeout))]
     argv += ["--table-file", str(directory / TABLE_NAME)]
+    if capture_root is not None:
+        argv += ["--capture-root", str(capture_root)]
+    if capture_max_payload_bytes is not None:
+        argv += ["--capture-max-payload-bytes", str(capture_max_payload_bytes)]
     offset = log_path.stat().st_size if log_path.exists() else 0
     try:
         proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
@@ -221,6 +232,7 @@ def start_gateway(
         auth=bool(auth_token),
         hold_queue=hold_queue,
         eject_seconds=float(eject_seconds),
+        capture_root=capture_root,
     )
     _write_record(directory / RECORD_NAME, record)
     return record

@@ -26,14 +26,16 @@ The parts, sharing one `GatewayState` (state.py):
     management.py   the read-only management API and health
     admin.py        table push/get, drain, metrics, demand
 This module builds them, adds the routes and holds the middleware (authentication, and
-errors that escape a handler). At shutdown, held requests answer 503 and demand long polls
-answer at once. It does not parse command lines, pick an event loop or write
-logs anywhere: see `__main__.py`. It never reads manifests or declare's state.
+errors that escape a handler), and starts the capture writer (`capture/`) when a capture root
+is set. At shutdown, held requests answer 503, demand long polls answer at once, and the
+captured requests still buffered are written. It does not parse command lines, pick an
+event loop or write logs anywhere: see `__main__.py`. It never reads manifests or declare's state.
 `GatewayConfig`, `describe_endpoint` and `error_response` are importable from here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from hmac import compare_digest
@@ -42,6 +44,7 @@ from aiohttp import web
 
 from declare.gateway import ADMIN_HEADER
 from declare.gateway.admin import AdminApi, kept_table
+from declare.gateway.capture import CaptureBuffer, CaptureWriter
 from declare.gateway.config import GatewayConfig
 from declare.gateway.dataplane import DataPlane
 from declare.gateway.management import ManagementApi, describe_endpoint
@@ -70,7 +73,20 @@ class Gateway:
         if not config.admin_token:
             raise ValueError("the admin token must not be empty")
         self.config = config
-        self.state = GatewayState(config.metrics_capacity, eject_seconds=config.eject_seconds)
+        capture = CaptureBuffer(config.capture_buffer, config.capture_flush_records)
+        self.state = GatewayState(
+            config.metrics_capacity, eject_seconds=config.eject_seconds, capture=capture
+        )
+        self.capture_writer = (
+            None
+            if config.capture_root is None
+            else CaptureWriter(
+                capture,
+                config.capture_root,
+                config.capture_flush_seconds,
+                config.capture_max_payload_bytes,
+            )
+        )
         retry_after = {"Retry-After": str(config.retry_after_seconds)}
         self.upstream = Upstream(config, self.state.inflight, retry_after)
         self.data_plane = DataPlane(config, self.state, self.upstream, retry_after)
@@ -114,9 +130,20 @@ class Gateway:
         routes.add_get("/_declare/admin/metrics", self.admin.metrics)
         routes.add_get("/_declare/admin/demand", self.admin.demand)
         app.on_startup.append(self.upstream.open)
+        app.on_startup.append(self._start_capture)
         app.on_shutdown.append(self._release_waiters)
         app.on_cleanup.append(self.upstream.close)
+        app.on_cleanup.append(self._stop_capture)
         return app
+
+    async def _start_capture(self, _app: web.Application) -> None:
+        if self.capture_writer is not None:
+            self.capture_writer.start()
+
+    async def _stop_capture(self, _app: web.Application) -> None:
+        """Write the captured requests still buffered, off the event loop."""
+        if self.capture_writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.capture_writer.close)
 
     async def _release_waiters(self, _app: web.Application) -> None:
         """Held requests answer 503 and demand long polls answer, so shutdown need not wait."""

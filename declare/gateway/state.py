@@ -4,7 +4,8 @@
 interface share. The routing table is held as one `Live` reference: a push builds a new
 `Live` and replaces it in a single assignment, so a request that read `state.live` keeps the
 table it started with. The in-flight counts per replica, the demand per entity (with its
-round-robin cursor: `demand.py`), the ejected replicas (`eject.py`), metrics and limiter are
+round-robin cursor: `demand.py`), the ejected replicas (`eject.py`), metrics, limiter and the
+buffer of captured requests (`capture/`) are
 created once and never replaced, so a handler may hold them directly. Parts that must hear
 of a push (the held requests, `hold.py`) register in `on_table`.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from declare.gateway.balance import CompiledTable, compile_table
+from declare.gateway.capture.buffer import CaptureBuffer
 from declare.gateway.demand import DemandBoard, table_keys
 from declare.gateway.eject import Ejections
 from declare.gateway.limits import RateLimiter
@@ -60,7 +62,10 @@ class GatewayState:
     """
 
     def __init__(
-        self, metrics_capacity: int = DEFAULT_CAPACITY, eject_seconds: float = 2.0
+        self,
+        metrics_capacity: int = DEFAULT_CAPACITY,
+        eject_seconds: float = 2.0,
+        capture: CaptureBuffer | None = None,
     ) -> None:
         self.live = build_live(RoutingTable.empty())
         self.inflight: dict[str, int] = {}  # replica id -> requests in flight
@@ -68,6 +73,8 @@ class GatewayState:
         self.ejections = Ejections(eject_seconds)
         self.metrics = Metrics(metrics_capacity)
         self.limiter = RateLimiter()
+        # captured requests waiting to be written (`is None`: an empty buffer is falsy)
+        self.capture = CaptureBuffer() if capture is None else capture
         self.on_table: list[Callable[[CompiledTable], None]] = []  # told of every push
 
     @property

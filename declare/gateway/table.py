@@ -13,7 +13,14 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
             "iris-1": {"replicas": [{"id": "iris-iris-1-ab12cd", "url": "http://127.0.0.1:5001"}]}
           },                               # optional "served_name" per entity: the name in the
                                            # served-model-name header when the key differs
-                                           # (two generations of one entity during a rollout)
+                                           # (two generations of one entity during a rollout);
+                                           # optional "model": {"name", "version"}, the
+                                           # registered model it serves (for captured rows)
+          "capture": {                     # optional: every request goes to this inference
+            "catalog_name": "main",        # table, below the gateway's capture root
+            "schema_name": "default",      # (declare.model.capture)
+            "table_name_prefix": "iris"
+          },
           "rate_limits": [                 # optional: Databricks rate limits the gateway
             {"calls": 100, "key": "endpoint", "renewal_period": "minute"}  # enforces (429)
           ],
@@ -41,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from declare.model.capture import CaptureTarget
 from declare.model.limits import RateLimit
 
 
@@ -50,6 +58,17 @@ class ReplicaTarget:
 
     id: str
     url: str
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The registered model an entity serves, as captured rows name it (both may be None)."""
+
+    name: str | None = None
+    version: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {k: v for k, v in (("name", self.name), ("version", self.version)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,8 @@ class EndpointTable:
     served_names: Mapping[str, str] = field(default_factory=dict)  # entity key -> served name
     rate_limits: tuple[RateLimit, ...] = ()
     hold_seconds: float = 0.0  # how long a request waits for a replica of its entity
+    capture: CaptureTarget | None = None  # its inference table, when it captures
+    models: Mapping[str, ServedModel] = field(default_factory=dict)  # entity key -> model
 
     def served_name(self, key: str) -> str:
         return self.served_names.get(key, key)
@@ -79,11 +100,17 @@ class EndpointTable:
                         if name in self.served_names
                         else {}
                     ),
+                    **(
+                        {"model": self.models[name].to_json()}
+                        if self.models.get(name, ServedModel()).to_json()
+                        else {}
+                    ),
                 }
                 for name, replicas in self.entities.items()
             },
             **({"rate_limits": limits} if limits else {}),
             **({"hold_seconds": self.hold_seconds} if self.hold_seconds > 0 else {}),
+            **({"capture": self.capture.to_json()} if self.capture is not None else {}),
             "description": dict(self.description),
         }
 
@@ -126,7 +153,13 @@ def parse_endpoint(name: str, ep: Any) -> EndpointTable:
     desc = ep.get("description") or {}
     if not isinstance(desc, dict):
         raise ValueError(f"endpoints.{name}.description must be an object")
-    entities, served_names = _parse_entities(name, ep.get("entities") or {})
+    entities, served_names, models = _parse_entities(name, ep.get("entities") or {})
+    capture = None
+    if ep.get("capture") is not None:
+        try:
+            capture = CaptureTarget.from_json(ep["capture"])
+        except ValueError as exc:
+            raise ValueError(f"endpoints.{name}.{exc}") from None
     return EndpointTable(
         name,
         _parse_routes(name, ep.get("routes", [])),
@@ -135,6 +168,8 @@ def parse_endpoint(name: str, ep: Any) -> EndpointTable:
         served_names,
         _parse_limits(name, ep.get("rate_limits") or []),
         hold_seconds=parse_hold_seconds(name, ep.get("hold_seconds")),
+        capture=capture,
+        models=models,
     )
 
 
@@ -152,9 +187,10 @@ def _parse_routes(name: str, raw: Any) -> tuple[tuple[str, int], ...]:
 
 def _parse_entities(
     name: str, raw: Any
-) -> tuple[dict[str, tuple[ReplicaTarget, ...]], dict[str, str]]:
+) -> tuple[dict[str, tuple[ReplicaTarget, ...]], dict[str, str], dict[str, ServedModel]]:
     entities: dict[str, tuple[ReplicaTarget, ...]] = {}
     served_names: dict[str, str] = {}
+    models: dict[str, ServedModel] = {}
     try:
         items = list(raw.items())
     except AttributeError as exc:
@@ -166,9 +202,15 @@ def _parse_entities(
             )
             if body.get("served_name") is not None:
                 served_names[ent] = str(body["served_name"])
+            model = body.get("model")
+            if model is not None:
+                models[ent] = ServedModel(
+                    None if model.get("name") is None else str(model["name"]),
+                    None if model.get("version") is None else str(model["version"]),
+                )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
-    return entities, served_names
+    return entities, served_names, models
 
 
 def _parse_limits(name: str, raw: Any) -> tuple[RateLimit, ...]:

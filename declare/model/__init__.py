@@ -7,6 +7,7 @@ no I/O, no MLflow, no processes.
     resolved   ResolvedModel: a model URI pinned at plan time
     endpoint   EndpointSpec, EntitySpec, Route, workload sizes
     rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
+    capture    CaptureTarget: an endpoint's inference table and its folder
     limits     RateLimit and how a manifest's limits are read
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
@@ -14,6 +15,7 @@ no I/O, no MLflow, no processes.
     names      name limits, and the replica ids providers name what they make after
 """
 
+from declare.model.capture import CaptureTarget, capture_target
 from declare.model.endpoint import (
     WORKLOAD_SIZES,
     WORKLOAD_TYPES,
@@ -45,6 +47,7 @@ __all__ = [
     "WORKLOAD_SIZES",
     "WORKLOAD_TYPES",
     "AutoscalePolicy",
+    "CaptureTarget",
     "EndpointSpec",
     "EntitySpec",
     "Figures",
@@ -59,6 +62,7 @@ __all__ = [
     "RolloutPolicy",
     "Route",
     "canonical_json",
+    "capture_target",
     "judge",
     "manifest_limits",
     "replica_id_problem",

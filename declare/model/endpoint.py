@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from declare.errors import Location
+from declare.model.capture import CaptureTarget, capture_target
 from declare.model.limits import RateLimit, limits_from_json, manifest_limits
 from declare.model.rollout import RolloutPolicy
 from declare.model.scaling import (
@@ -153,6 +154,12 @@ class EndpointSpec:
             if entity.name == name:
                 return entity
         raise KeyError(name)
+
+    @property
+    def capture(self) -> CaptureTarget | None:
+        """The inference table its requests go to, when `auto_capture_config` (or
+        `ai_gateway.inference_table_config`) is enabled."""
+        return capture_target(self.extra, self.name)
 
     @property
     def enforced_limits(self) -> tuple[RateLimit, ...]:

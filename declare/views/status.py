@@ -7,6 +7,7 @@ Pure: values in, text or JSON-able dicts out.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from declare.describe import describe, entity_state
@@ -64,11 +65,16 @@ def status_json(
     url: Callable[[str], str],
     runtime: RuntimeStatus | None,
     per_replica: Mapping[str, int] | None = None,
+    capture_root: Path | None = None,
+    capture: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """`declare status --json`: the gateway, the runtime, and each endpoint as Databricks
     describes it plus what declare sees (`declare`: URL, replicas alive and recorded, the
-    message, each entity's count and the runtime's reason, its recent decisions).
-    `per_replica`: the concurrency one replica serves, by endpoint (default 4)."""
+    message, each entity's count and the runtime's reason, its recent decisions, and its
+    inference table when it captures: name and folder below `capture_root`).
+    `per_replica`: the concurrency one replica serves, by endpoint (default 4). `capture`:
+    the running gateway's capture counters (captured, dropped, written, failed, buffered),
+    shown as `capture` when given."""
     endpoints = []
     for name, ep in sorted(state.endpoints.items()):
         desc = describe(ep)
@@ -85,6 +91,12 @@ def status_json(
                 for ev in ep.events[-5:]
             ],
         }
+        target = ep.spec.capture if ep.spec is not None else None
+        if target is not None:
+            desc["declare"]["inference_table"] = {
+                "name": target.table_name,
+                "path": str(target.path(capture_root)) if capture_root else target.relative_path,
+            }
         endpoints.append(desc)
     return {
         "gateway": "running" if actual.gateway_running else "not running",
@@ -96,6 +108,7 @@ def status_json(
         }
         if runtime
         else {"running": False},
+        **({"capture": dict(capture)} if capture is not None else {}),
         "endpoints": endpoints,
     }
 
@@ -113,6 +126,12 @@ def status_lines(status: dict[str, Any], host: str, port: int) -> list[str]:
         if rt["running"]
         else "runtime: not running (nothing heals or scales between applies)",
     ]
+    capture = status.get("capture")
+    if capture and capture.get("dropped"):
+        out.append(
+            f"capture: {capture['dropped']} requests dropped (the capture buffer was full), "
+            f"{capture['written']} written"
+        )
     if not status["endpoints"]:
         out.append("no endpoints")
     for d in status["endpoints"]:
@@ -124,6 +143,9 @@ def status_lines(status: dict[str, Any], host: str, port: int) -> list[str]:
         )
         if extra["message"]:
             out.append(f"  {extra['message'].splitlines()[0]}")
+        if "inference_table" in extra:
+            table = extra["inference_table"]
+            out.append(f"  inference table {table['name']}: {table['path']}")
         for name, ent in extra["entities"].items():
             line = f"  {name}: {ent['replicas_in_rotation']} in rotation, target {ent['target']}"
             line += f" of {ent['range']}; {ent['state']['deployment_state_message']}"
