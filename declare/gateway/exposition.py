@@ -8,6 +8,7 @@
         declare_requests_in_flight / declare_requests_held{...}                gauges
         declare_replicas_in_rotation{endpoint_name, served_entity_name}        gauge
         declare_routing_table_version                                          gauge
+        declare_capture_{captured,dropped,written,failed}_total, _buffered     inference tables
     GET /api/2.0/serving-endpoints/{name}/metrics  one endpoint, as Databricks' export
         (the SDK's `export_metrics`) names it, over the last minute:
         request_count_total, request_4xx_count_total, request_5xx_count_total  gauges
@@ -128,6 +129,26 @@ class GatewayCollector(Collector):
         )
         version.add_metric([], state.table.version)
         yield from (inflight, held, rotation, version)
+        yield from self._capture()
+
+    def _capture(self) -> Iterator[Metric]:
+        """The inference tables' buffer: records captured, dropped (buffer full), written,
+        lost to a failed write, and waiting."""
+        stats = self._state.capture.stats()
+        for key, what in (
+            ("captured", "Requests put in the capture buffer"),
+            ("dropped", "Requests not captured because the capture buffer was full"),
+            ("written", "Captured requests written to their inference table"),
+            ("failed", "Captured requests lost to a failed write"),
+        ):
+            family = CounterMetricFamily(f"declare_capture_{key}", what)
+            family.add_metric([], stats[key])
+            yield family
+        buffered = GaugeMetricFamily(
+            "declare_capture_buffered", "Captured requests waiting to be written"
+        )
+        buffered.add_metric([], stats["buffered"])
+        yield buffered
 
 
 class EndpointCollector(Collector):

@@ -24,6 +24,7 @@ import duckdb
 import httpx
 import pytest
 from deltalake import DeltaTable
+from prometheus_client.parser import text_string_to_metric_families
 
 from declare import procs
 from declare.gateway.client import GatewayClient
@@ -269,6 +270,12 @@ def test_a_full_buffer_drops_and_counts_and_requests_never_wait(
     assert answers == [200] * 12
     stats = gw.capture_stats()
     assert (stats["captured"], stats["dropped"], stats["buffered"]) == (5, 7, 5)
+    scraped = {
+        s.name: s.value
+        for family in text_string_to_metric_families(gw.http.get("/metrics").text)
+        for s in family.samples
+    }  # and Prometheus sees the same
+    assert (scraped["declare_capture_dropped_total"], scraped["declare_capture_buffered"]) == (7, 5)
     # A clean stop writes what the buffer holds.
     assert gw.stop() == 0
     kept = rows(table_path(tmp_path / "capture"))

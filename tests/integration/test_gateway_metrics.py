@@ -112,6 +112,8 @@ def test_metrics_count_what_the_gateway_answered(gateway: str) -> None:
     assert at(found, "declare_replicas_in_rotation", **iris) == 1
     assert at(found, "declare_requests_in_flight", **iris) == 0
     assert at(found, "declare_routing_table_version") == 3
+    assert at(found, "declare_capture_dropped_total") == 0  # nothing captures here
+    assert at(found, "declare_capture_buffered") == 0
 
     # the bearer token guards metrics like everything else public
     assert httpx.get(f"{gateway}/metrics", trust_env=False).status_code == 401
