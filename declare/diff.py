@@ -172,8 +172,9 @@ def diff(
     changes what was declared, leaves that to apply.
     """
     wanted = {d.spec.name: d for d in desired}
-    gateway_fresh = not actual.gateway_running or (
-        gateway_recorded_hash is not None and gateway_recorded_hash != actual.gateway_settings_hash
+    # Unknown recorded settings restart the gateway too (see plan/build.py `_gateway_start`).
+    gateway_fresh = (
+        not actual.gateway_running or gateway_recorded_hash != actual.gateway_settings_hash
     )
     out = []
     for name in sorted(set(wanted) | set(state.endpoints)):

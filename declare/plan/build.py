@@ -156,14 +156,16 @@ def _gateway_start(g: _Graph, inp: PlanInput) -> str | None:
     gw = inp.gateway
     if not _gateway_needed(inp):
         return None
-    restart = gw.running and gw.recorded_hash is not None and gw.recorded_hash != gw.settings_hash
+    # A gateway that runs with settings the state does not record (the state was lost, or
+    # written by a declare that did not record them) may run without auth or with old
+    # limits: it is restarted like one whose settings changed.
+    restart = gw.running and gw.recorded_hash != gw.settings_hash
     if gw.running and not restart:
         return None
     stop_id = None
     if restart:
-        stop_id = g.add(
-            Action("gateway.stop", None, "stop the gateway (its settings changed)", StopGateway())
-        )
+        why = "its settings changed" if gw.recorded_hash else "its settings are not recorded"
+        stop_id = g.add(Action("gateway.stop", None, f"stop the gateway ({why})", StopGateway()))
     start_id = g.add(
         Action(
             "gateway.start",
