@@ -6,6 +6,7 @@ The gateway serves this description as it is (it arrives in the routing table) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from declare.model import EndpointSpec, EntitySpec
@@ -13,11 +14,13 @@ from declare.state.document import NOT_UPDATING, EndpointRecord
 from declare.state.scaling import utc
 
 
-def is_ready(record: EndpointRecord) -> bool:
+def is_ready(record: EndpointRecord, alive: Callable[[str], bool] = lambda _: True) -> bool:
     """READY when every routed entity has a replica in rotation, or was scaled to zero (the
-    next request wakes it)."""
+    next request wakes it). `alive(replica id)`: what a refresh saw (`declare status`); by
+    default what the state records."""
     return bool(record.routes) and all(
-        record.serving_replicas(entity, generation) or _at_zero(record, entity, generation)
+        any(alive(x.id) for x in record.serving_replicas(entity, generation))
+        or _at_zero(record, entity, generation)
         for entity, generation, pct in record.traffic()
         if pct > 0
     )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from declare.describe import describe, entity_state
+from declare.describe import describe, entity_state, is_ready
 from declare.diff import Actual
 from declare.model.scaling import DEFAULT_REPLICA_CONCURRENCY
 from declare.ports import RuntimeStatus
@@ -49,12 +49,23 @@ def _entities(record: EndpointRecord, actual: Actual, per_replica: int) -> dict[
     for e in record.spec.entities if record.spec else ():
         serving = record.serving_replicas(e.name)
         scale = record.scale.get(e.name)
+        alive = sum(actual.alive(x.id) for x in serving)
+        state = entity_state(record, e.name)
+        if serving and not alive and state["deployment"] == "DEPLOYMENT_READY":
+            # the state says in rotation, yet none of them runs (a crash loop says more)
+            dead = actual.replicas.get(serving[0].id)
+            why = f": {dead.reason}" if dead is not None and dead.reason else ""
+            state = {
+                "deployment": "DEPLOYMENT_RECOVERING",
+                "deployment_state_message": f"none of its {len(serving)} replica(s) in "
+                f"rotation runs{why}",
+            }
         out[e.name] = {
-            "replicas_in_rotation": sum(actual.alive(x.id) for x in serving),
+            "replicas_in_rotation": alive,
             "range": e.replica_range(per_replica).short(),
             "target": scale.target if scale else len(serving),
             "reason": scale.reason if scale else "",
-            "state": entity_state(record, e.name),
+            "state": state,
         }
     return out
 
@@ -78,6 +89,8 @@ def status_json(
     endpoints = []
     for name, ep in sorted(state.endpoints.items()):
         desc = describe(ep)
+        if desc["state"]["ready"] == "READY" and not is_ready(ep, actual.alive):
+            desc["state"]["ready"] = "NOT_READY"  # what runs, not what was recorded
         desc["declare"] = {
             "invocation_url": url(name),
             "replicas_alive": sum(actual.alive(rep.id) for rep in ep.replicas),

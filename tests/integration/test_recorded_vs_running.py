@@ -1,15 +1,23 @@
-"""The state lost while the gateway runs: its settings are unknown, so the next apply
-restarts it and records them, and a later settings change (end-user auth turned on) is a
-change again, not "No changes" with auth silently off."""
+"""What runs against what the state records, with no runtime to repair it in between.
+
+The state lost while the gateway runs: its settings are unknown, so the next apply restarts
+it and records them, and a later settings change (end-user auth turned on) is a change
+again, not "No changes" with auth silently off. The only replica killed: `status` says
+NOT_READY and why, as the gateway sees it, not READY as recorded."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from declare import procs
 from tests.integration.conftest import MlflowProject
 from tests.support import IRIS_ROW, CliProject, manifest
 
@@ -63,3 +71,26 @@ def test_a_gateway_with_unrecorded_settings_is_restarted_and_recorded(
         timeout=30,
     )
     assert authorized.status_code == 200
+
+
+def test_status_says_not_ready_when_the_only_replica_is_dead(project: CliProject) -> None:
+    applied = project.declare("apply", "--auto-approve")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    (victim,) = project.recorded_pids()
+    os.killpg(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while procs.is_running(victim) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert project.predict().status_code == 503  # what a user gets
+    shown = project.declare("status", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    (ep,) = json.loads(shown.stdout)["endpoints"]
+    assert ep["state"]["ready"] == "NOT_READY"
+    entity = ep["declare"]["entities"]["iris-1"]
+    assert entity["replicas_in_rotation"] == 0
+    assert entity["state"]["deployment"] == "DEPLOYMENT_RECOVERING"
+    assert (
+        "none of its 1 replica(s) in rotation runs" in entity["state"]["deployment_state_message"]
+    )
+    text = project.declare("status").stdout
+    assert "iris: NOT_READY" in text and "0/1 replicas alive" in text, text
