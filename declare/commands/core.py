@@ -245,7 +245,9 @@ def _plan_to_apply(
 
 
 def _urls(project: Project, state: State) -> dict[str, str]:
-    return {name: project.invocation_url(name) for name in state.endpoints}
+    """The invocation URL of each endpoint that is routed (one whose first apply failed
+    serves nothing: no URL for it)."""
+    return {name: project.invocation_url(name) for name, ep in state.endpoints.items() if ep.routes}
 
 
 def apply(

@@ -94,3 +94,12 @@ def test_status_says_not_ready_when_the_only_replica_is_dead(project: CliProject
     )
     text = project.declare("status").stdout
     assert "iris: NOT_READY" in text and "0/1 replicas alive" in text, text
+
+
+def test_an_endpoint_whose_first_apply_failed_gets_no_url(project: CliProject) -> None:
+    project.write(manifest("broken", "1"))
+    failed = project.declare("apply", "--auto-approve")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "model cannot load" in failed.stdout + failed.stderr
+    assert "Invocation URLs" not in failed.stdout and project.url not in failed.stdout
+    assert project.state()["endpoints"]["iris"]["status"]["config_update"] == "UPDATE_FAILED"
