@@ -31,10 +31,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from declare.gateway.balance import CompiledEndpoint, fallback_entities, pick_entity, pick_replica
-from declare.gateway.capture.buffer import Captured
+from declare.gateway.capture.intake import capture_exchange
 from declare.gateway.config import GatewayConfig
 from declare.gateway.demand import EntityDemand
 from declare.gateway.hold import HoldQueue, Picked
+from declare.gateway.limits import RateLimiter
 from declare.gateway.responses import (
     error_response,
     no_such_endpoint,
@@ -50,9 +51,6 @@ log = logging.getLogger("declare.gateway")
 
 FULL_CHECK_BYTES = 1024 * 1024  # bodies up to this are parsed to check they are JSON objects
 JSON_TYPES = frozenset({"application/json"})
-# The longest a captured request answered before its body was read (a 429, a 415) waits for
-# that body; a slow sender's request is then captured with an empty body.
-CAPTURE_READ_SECONDS = 1.0
 CSV_TYPES = frozenset({"text/csv"})
 
 
@@ -96,7 +94,7 @@ class DataPlane:
         endpoint = live.compiled.endpoints.get(name)
         if endpoint is None:
             return no_such_endpoint(name)
-        limited = self._over_limit(endpoint)
+        limited = over_limit(self._limiter, self._caller, endpoint)
         if limited is not None:
             response, entity = limited, None
         else:
@@ -118,51 +116,11 @@ class DataPlane:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         self._metrics.record(name, entity, elapsed_ms, error, response.status)
         if self._capture_on and endpoint.table.capture is not None:
-            await self._capture(request, endpoint, entity, response, arrived, elapsed_ms)
+            await capture_exchange(
+                self._capture_buffer, self._caller, request, endpoint.table, entity, response,
+                arrived, elapsed_ms,
+            )  # fmt: skip
         return response
-
-    async def _capture(
-        self,
-        request: web.Request,
-        endpoint: CompiledEndpoint,
-        entity: str | None,
-        response: web.Response,
-        arrived: float,
-        elapsed_ms: float,
-    ) -> None:
-        """Hand this request and its answer to the capture buffer (never waits for a write)."""
-        table = endpoint.table
-        assert table.capture is not None
-        try:  # already read (and kept by aiohttp) unless the gateway answered before it
-            async with asyncio.timeout(CAPTURE_READ_SECONDS):
-                body = await request.read()
-        except (web.HTTPException, ConnectionError, TimeoutError):
-            body = b""  # a body too large, cut off, or still arriving: captured empty
-        payload = response.body if isinstance(response.body, bytes) else b""
-        model = table.models.get(entity) if entity is not None else None
-        self._capture_buffer.offer(
-            Captured(
-                table.capture,
-                table.name,
-                table.served_name(entity) if entity is not None else None,
-                model.name if model is not None else None,
-                model.version if model is not None else None,
-                int(arrived * 1000),
-                response.status,
-                int(elapsed_ms),
-                body,
-                payload,
-                self._caller,
-            )
-        )
-
-    def _over_limit(self, endpoint: CompiledEndpoint) -> web.Response | None:
-        """A 429 when the request would exceed one of the endpoint's rate limits."""
-        limits = endpoint.table.rate_limits
-        if not limits:
-            return None
-        wait = self._limiter.admit(endpoint.table.name, limits, self._caller)
-        return None if wait is None else rate_limited(endpoint.table.name, limits, wait)
 
     async def _invoke(
         self, request: web.Request, live: Live, endpoint: CompiledEndpoint
@@ -295,6 +253,17 @@ class DataPlane:
             f" (skipped for {self._ejections.seconds:g} s)" if ejected else "",
             exc,
         )
+
+
+def over_limit(
+    limiter: RateLimiter, caller: str, endpoint: CompiledEndpoint
+) -> web.Response | None:
+    """A 429 when the request would exceed one of the endpoint's rate limits."""
+    limits = endpoint.table.rate_limits
+    if not limits:
+        return None
+    wait = limiter.admit(endpoint.table.name, limits, caller)
+    return None if wait is None else rate_limited(endpoint.table.name, limits, wait)
 
 
 def no_replica(endpoint: CompiledEndpoint, entity: str, eject_seconds: float) -> str:

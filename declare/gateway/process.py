@@ -206,13 +206,9 @@ def start_gateway(
     _write_private(token_file, secrets.token_urlsafe(32))
     log_path = directory / LOG_NAME
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
-    argv += ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
-    argv += ["--body-timeout", repr(float(body_timeout))]
-    argv += ["--table-file", str(directory / TABLE_NAME)]
-    if capture_root is not None:
-        argv += ["--capture-root", str(capture_root)]
-    if capture_max_payload_bytes is not None:
-        argv += ["--capture-max-payload-bytes", str(capture_max_payload_bytes)]
+    argv += _more_argv(
+        directory, hold_queue, eject_seconds, body_timeout, capture_root, capture_max_payload_bytes
+    )
     offset = log_path.stat().st_size if log_path.exists() else 0
     try:
         proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
@@ -281,6 +277,24 @@ def _gateway_argv(
         "--upstream-timeout",
         str(upstream_timeout),
     ]
+
+
+def _more_argv(
+    directory: Path,
+    hold_queue: int,
+    eject_seconds: float,
+    body_timeout: float,
+    capture_root: Path | None,
+    capture_max_payload_bytes: int | None,
+) -> list[str]:
+    argv = ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
+    argv += ["--body-timeout", repr(float(body_timeout))]
+    argv += ["--table-file", str(directory / TABLE_NAME)]
+    if capture_root is not None:
+        argv += ["--capture-root", str(capture_root)]
+    if capture_max_payload_bytes is not None:
+        argv += ["--capture-max-payload-bytes", str(capture_max_payload_bytes)]
+    return argv
 
 
 def _gateway_env(auth_token: str | None) -> dict[str, str]:

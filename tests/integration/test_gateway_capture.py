@@ -253,6 +253,23 @@ def test_a_payload_over_the_limit_is_stored_truncated_and_flagged(
     assert duckdb_count(table_path(tmp_path / "capture"), "len(logging_error_codes) > 0") == 1
 
 
+def test_a_body_that_does_not_decode_is_refused_and_captured_empty(
+    start: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    gw = start("--capture-flush-seconds", "0.2")
+    gw.push({"iris": gw.endpoint()})
+    bad = gw.invoke(
+        "iris",
+        b"not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert bad.status_code == 400, bad.text  # not a 500 from reading it again to capture it
+    assert "content-encoding" in bad.json()["message"]
+    until(lambda: gw.capture_stats()["written"] == 1)
+    (row,) = rows(table_path(tmp_path / "capture"))
+    assert (row["status_code"], row["request"]) == (400, "")
+
+
 def test_a_full_buffer_drops_and_counts_and_requests_never_wait(
     start: Callable[..., Gateway], tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ the records not yet committed, never the table.
     rows     the columns (Databricks' schema for custom models) and the row builder
     buffer   the bounded queue and its counters (captured, dropped, written, failed)
     writer   the thread that writes batches to the tables
+    intake   one request and its answer, from the data plane, into the buffer
 
 Which endpoints capture, and where below the capture root, comes with the routing table
 (`EndpointTable.capture`, a `declare.model.CaptureTarget`); this package never reads
