@@ -79,6 +79,9 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
     for name, record in sorted(state.endpoints.items()):
         routing = expected_routing(record)
         if routing is None:
+            # Being created, or its first apply failed: the gateway describes it (NOT_READY,
+            # its config_update and message) and routes it nowhere (503, not 404).
+            endpoints[name] = EndpointTable(name, (), {}, describe(record))
             continue
         endpoints[name] = EndpointTable(
             name=name,
@@ -101,8 +104,10 @@ def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bo
     """True when a gateway's `live` entry routes `record` as the state says it should:
     the same shares, the same replica ids per target, the same limits and capture."""
     expected = expected_routing(record)
-    if live is None or expected is None:
-        return live is None and expected is None
+    if expected is None:  # routed nowhere: absent, or described with no routes
+        return live is None or (not live.routes and not live.entities)
+    if live is None:
+        return False
     if live.routes != expected.routes or live.rate_limits != expected.rate_limits:
         return False
     if live.hold_seconds != expected.hold_seconds or live.capture != expected.capture:

@@ -103,3 +103,12 @@ def test_an_endpoint_whose_first_apply_failed_gets_no_url(project: CliProject) -
     assert "model cannot load" in failed.stdout + failed.stderr
     assert "Invocation URLs" not in failed.stdout and project.url not in failed.stdout
     assert project.state()["endpoints"]["iris"]["status"]["config_update"] == "UPDATE_FAILED"
+    # The gateway shows it as Databricks does, and refuses its invocations with 503, not 404.
+    base = project.url.split("/serving-endpoints")[0]
+    shown = httpx.get(f"{base}/api/2.0/serving-endpoints/iris", timeout=10)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["state"] == {"ready": "NOT_READY", "config_update": "UPDATE_FAILED",
+                                     "config_update_message": shown.json()["state"].get(
+                                         "config_update_message")}  # fmt: skip
+    assert "model cannot load" in shown.json()["state"]["config_update_message"]
+    assert project.predict().status_code == 503
