@@ -7,7 +7,8 @@ look. `Memory` keeps, for each entity, the peaks of the recent past (an immutabl
 runtime carries from tick to tick). `decide` says what the target should become and why:
 
 - scale up as soon as demand exceeds what the target serves (ceil(demand / per replica)),
-  to at most the range's top; from zero as soon as one request is held (wake);
+  to at most the range's top; from zero as soon as one request is held, or came and went
+  since the last look (wake);
 - scale down one replica at a time, only once the demand of the whole quiet period
   (`scale_down_after_seconds`) fitted one replica fewer and that period has passed since
   the entity's last change of count, never below the range's bottom;
@@ -109,9 +110,14 @@ def decide(
     if not rng.autoscaled:
         return None if target == rng.clamp(target) else Verdict(rng.clamp(target), "range")
     if target == 0:
-        if demand.held > 0 or demand.now > 0:
-            want = rng.high if rng.pinned else rng.clamp(max(1, needed(demand.now, per_replica)))
-            return Verdict(want, f"wake from zero: {demand.held} request(s) held")
+        # A request since the last look wakes it, also one whose hold ran out before the
+        # runtime looked (its answer was 503, and the next ones must find a replica).
+        if demand.held > 0 or demand.now > 0 or demand.peak > 0:
+            busy = max(demand.now, demand.peak)
+            want = rng.high if rng.pinned else rng.clamp(max(1, needed(busy, per_replica)))
+            if demand.held > 0:
+                return Verdict(want, f"wake from zero: {demand.held} request(s) held")
+            return Verdict(want, f"wake from zero: {busy} request(s) since the last look")
         return None
     want = needed(max(demand.peak, demand.now), per_replica)
     if want > target and target < rng.high and not rng.pinned:

@@ -134,6 +134,17 @@ def test_to_zero_after_idle_and_awake_on_a_held_request() -> None:
     assert burst is not None and burst.target == 3
 
 
+def test_a_request_whose_hold_ran_out_before_the_look_still_wakes() -> None:
+    """Held past its hold_seconds and answered 503 while the runtime was busy acting: at the
+    next look nothing is held, but the peak says a request came; the next ones need a
+    replica."""
+    memory = Memory().observe(KEY, 0.0, Demand(), 2000)
+    rng = ReplicaRange(0, 4)
+    wake = _decide(0, Demand(peak=1, last_request_at=1901.5), memory.trace(KEY), rng, 1902.0)
+    assert wake is not None and wake.target == 1
+    assert "1 request(s) since the last look" in wake.reason
+
+
 def test_a_pinned_count_only_goes_to_zero_and_back() -> None:
     rng = ReplicaRange(0, 3, pinned=True)
     memory = Memory().observe(KEY, 0.0, Demand(), 2000)
