@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -28,6 +29,18 @@ def parse(text: str) -> configparser.SectionProxy:
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(text)
     return parser["Service"]
+
+
+def verify(path: Path) -> None:
+    """The real `systemd-analyze verify` accepts the unit file at `path` (it must end in
+    .service); an AssertionError with systemd's words otherwise."""
+    done = subprocess.run(
+        [shutil.which("systemd-analyze") or "systemd-analyze", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def exec_argv(line: str) -> list[str]:

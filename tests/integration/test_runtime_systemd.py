@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from declare import procs
 from tests.integration.conftest import MlflowProject
 from tests.integration.test_runtime_e2e import endpoint, replaced, status, wait_for
 from tests.support import CliProject
-from tests.systemd_unit import Unit
+from tests.systemd_unit import Unit, verify
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +42,7 @@ class SystemdProject(CliProject):
         assert written.returncode == 0, written.stdout + written.stderr
         path = self.folder.parent / "declare-iris-test.service"
         path.write_text(written.stdout)
-        verify = subprocess.run(
-            [shutil.which("systemd-analyze") or "systemd-analyze", "verify", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert verify.returncode == 0, verify.stdout + verify.stderr
+        verify(path)
         self.unit = Unit(written.stdout, self.config_home, self.folder.parent / "unit.log")
         self.unit.start()
         return self.unit

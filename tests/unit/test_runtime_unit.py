@@ -5,8 +5,6 @@ environment differs from apply's."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +17,7 @@ from declare.config import load_config
 from declare.errors import RuntimeStartError
 from declare.runtime_control import ProcessRuntime, RuntimeRecord, read_record, write_record
 from declare.runtime_unit import render_unit, unit_name
-from tests.systemd_unit import exec_argv, parse
+from tests.systemd_unit import exec_argv, parse, verify
 
 
 def unit_of(folder: Path, names: tuple[str, ...] = ()) -> str:
@@ -33,13 +31,7 @@ def test_systemd_accepts_the_unit_and_reads_back_the_command(tmp_path: Path) -> 
     text = unit_of(folder, ("DECLARE_SECRET_A", "MLFLOW_TRACKING_URI"))
     path = tmp_path / unit_name(load_config(folder, {}))
     path.write_text(text)
-    verify = subprocess.run(
-        [shutil.which("systemd-analyze") or "systemd-analyze", "verify", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify(path)
     svc = parse(text)
     assert exec_argv(svc["ExecStart"]) == [
         sys.executable, "-m", "declare.runtime", "--project-dir", str(folder), "--supervised"
