@@ -19,6 +19,7 @@ import pytest
 
 from declare import procs
 from tests.integration.conftest import MlflowProject
+from tests.integration.test_saved_plans import without_runtime
 from tests.support import IRIS_ROW, CliProject, manifest
 
 pytestmark = pytest.mark.integration
@@ -26,13 +27,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    p = CliProject(folder, mlflow_project.tracking_uri, "runtime:\n  enabled: false\n")
-    p.write(manifest("iris", "1"))
-    yield p
-    p.declare("destroy", "--auto-approve", env={"SERVING_TOKEN": "t0ken"})
-    p.stop_leftovers()
+    """The saved-plan tests' project without the runtime (nothing repairs between
+    commands), destroyed with the token one test turns on."""
+    yield from without_runtime(tmp_path, mlflow_project, {"SERVING_TOKEN": "t0ken"})
 
 
 def test_a_gateway_with_unrecorded_settings_is_restarted_and_recorded(

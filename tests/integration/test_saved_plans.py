@@ -21,17 +21,24 @@ from tests.integration.conftest import MlflowProject
 from tests.support import CliProject, manifest
 
 
-@pytest.fixture
-def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
+def without_runtime(
+    tmp_path: Path, mlflow_project: MlflowProject, destroy_env: dict[str, str] | None = None
+) -> Iterator[CliProject]:
+    """A project serving iris v1 without the runtime, destroyed after the test."""
     folder = tmp_path / "proj"
     folder.mkdir()
-    # Without the runtime: these tests kill replicas to see drift in saved plans and in
-    # --refresh-only, which the runtime would repair first.
     p = CliProject(folder, mlflow_project.tracking_uri, "runtime:\n  enabled: false\n")
     p.write(manifest("iris", "1"))
     yield p
-    p.declare("destroy", "--auto-approve")
+    p.declare("destroy", "--auto-approve", env=destroy_env)
     p.stop_leftovers()
+
+
+@pytest.fixture
+def project(tmp_path: Path, mlflow_project: MlflowProject) -> Iterator[CliProject]:
+    # Without the runtime: these tests kill replicas to see drift in saved plans and in
+    # --refresh-only, which the runtime would repair first.
+    yield from without_runtime(tmp_path, mlflow_project)
 
 
 def _ok(result) -> None:  # type: ignore[no-untyped-def]
