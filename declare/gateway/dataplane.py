@@ -294,8 +294,11 @@ async def read_body(
     if size is not None and size > max_body_bytes:
         return too_large(max_body_bytes, size)
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():  # all of it came with the headers: nothing to wait for
             body = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return too_large(max_body_bytes, None)
     except RequestPayloadError as exc:  # a Content-Encoding that does not decode, a cut body
