@@ -6,6 +6,7 @@ no I/O, no MLflow, no processes.
 
     resolved   ResolvedModel: a model URI pinned at plan time
     endpoint   EndpointSpec, EntitySpec, Route, workload sizes
+    batching   Batching: a served entity's micro-batching (opt-in)
     rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
     capture    CaptureTarget: an endpoint's inference table and its folder
     limits     RateLimit and how a manifest's limits are read
@@ -15,6 +16,7 @@ no I/O, no MLflow, no processes.
     names      name limits, and the replica ids providers name what they make after
 """
 
+from declare.model.batching import Batching
 from declare.model.capture import CaptureTarget, capture_target
 from declare.model.endpoint import (
     WORKLOAD_SIZES,
@@ -47,6 +49,7 @@ __all__ = [
     "WORKLOAD_SIZES",
     "WORKLOAD_TYPES",
     "AutoscalePolicy",
+    "Batching",
     "CaptureTarget",
     "EndpointSpec",
     "EntitySpec",

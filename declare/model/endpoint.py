@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from declare.errors import Location
+from declare.model.batching import Batching, batching_from_json
 from declare.model.capture import CaptureTarget, capture_target
 from declare.model.limits import RateLimit, limits_from_json, manifest_limits
 from declare.model.rollout import RolloutPolicy
@@ -38,7 +39,8 @@ class EntitySpec:
     """One served entity as the manifest asks for it (normalized).
 
     `model_uri` is always set: `models:/<entity_name>/<entity_version>` when the manifest used
-    the Databricks fields, or the declare `model_uri` as written.
+    the Databricks fields, or the declare `model_uri` as written. `batching` is None unless
+    the manifest opts in (and in records written before it existed).
     """
 
     name: str
@@ -53,6 +55,7 @@ class EntitySpec:
     # Databricks' explicit form of the range (instead of workload_size), multiples of 4
     min_provisioned_concurrency: int | None = None
     max_provisioned_concurrency: int | None = None
+    batching: Batching | None = None  # declare addition: micro-batching, opt-in
     location: Location | None = field(default=None, compare=False)
 
     def concurrency(self) -> tuple[int, int]:
@@ -93,6 +96,7 @@ class EntitySpec:
             "replicas": self.replicas,
             "min_provisioned_concurrency": self.min_provisioned_concurrency,
             "max_provisioned_concurrency": self.max_provisioned_concurrency,
+            "batching": self.batching.to_json() if self.batching else None,
         }
 
     @classmethod
@@ -109,6 +113,7 @@ class EntitySpec:
             replicas=data.get("replicas"),
             min_provisioned_concurrency=data.get("min_provisioned_concurrency"),
             max_provisioned_concurrency=data.get("max_provisioned_concurrency"),
+            batching=batching_from_json(data.get("batching")),
         )
 
 

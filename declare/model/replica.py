@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from declare.model.batching import Batching, batching_from_json
 from declare.model.resolved import ResolvedModel
 
 
@@ -16,9 +17,11 @@ class ReplicaSpec:
     """What a provider is asked to start: one replica of one served entity.
 
     `generation` is the hash of everything that, when changed, needs new replicas
-    (resolved model, environment variables, workload); replicas of one generation are
-    interchangeable. `model_env` holds the MLflow settings the replica needs to load the
-    model (tracking/registry URI); `environment_vars` the user's variables.
+    (resolved model, environment variables, workload, batching); replicas of one generation
+    are interchangeable. `model_env` holds the MLflow settings the replica needs to load the
+    model (tracking/registry URI); `environment_vars` the user's variables. `batching`: the
+    entity's micro-batching, None when it has none (a provider that cannot batch refuses to
+    start a replica with it).
     """
 
     project: str
@@ -31,6 +34,7 @@ class ReplicaSpec:
     workload_type: str = "CPU"
     environment_vars: Mapping[str, str] = field(default_factory=dict)
     model_env: Mapping[str, str] = field(default_factory=dict)
+    batching: Batching | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,7 @@ class ReplicaSpec:
             "workload_type": self.workload_type,
             "environment_vars": dict(self.environment_vars),
             "model_env": dict(self.model_env),
+            "batching": self.batching.to_json() if self.batching else None,
         }
 
     @classmethod
@@ -59,6 +64,7 @@ class ReplicaSpec:
             workload_type=data.get("workload_type", "CPU"),
             environment_vars=dict(data.get("environment_vars") or {}),
             model_env=dict(data.get("model_env") or {}),
+            batching=batching_from_json(data.get("batching")),
         )
 
     @property

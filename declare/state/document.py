@@ -51,16 +51,19 @@ def generation_of(provider: str, model: ResolvedModel, entity_json: Mapping[str,
     """The hash of what, when it changes, needs new replicas of a served entity.
 
     Replica count is not part of it: scaling adds or removes replicas of one generation.
+    `batching` (how the replica server is started) is, and only when set: an entity without
+    it keeps the generation it had before batching existed, so its replicas are not replaced.
     """
-    return short_hash(
-        {
-            "provider": provider,
-            "model": model.pinned_uri,
-            "source": model.source,
-            "env": entity_json.get("environment_vars") or {},
-            "workload_type": entity_json.get("workload_type", "CPU"),
-        }
-    )
+    inputs: dict[str, Any] = {
+        "provider": provider,
+        "model": model.pinned_uri,
+        "source": model.source,
+        "env": entity_json.get("environment_vars") or {},
+        "workload_type": entity_json.get("workload_type", "CPU"),
+    }
+    if entity_json.get("batching"):
+        inputs["batching"] = entity_json["batching"]
+    return short_hash(inputs)
 
 
 @dataclass(frozen=True)
