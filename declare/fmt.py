@@ -6,10 +6,10 @@ written back with:
   served_models, traffic_config, auto_capture_config}, rate_limits, tags, rollout`, then the
   other Databricks sections; inside a served entity `name, entity_name, entity_version,
   model_uri, workload_size, workload_type, replicas, scale_to_zero_enabled,
-  environment_vars`, then the Databricks-only fields declare keeps raw (the loader's
-  `declare.manifests.ENTITY_EXTRA_FIELDS`, in its order); a route `served_entity_name |
-  served_model_name, traffic_percentage`; a tag `key, value`. Keys declare does not know
-  keep their relative order, after the known ones;
+  environment_vars, batching{max_batch_size, max_delay_ms}`, then the Databricks-only fields
+  declare keeps raw (the loader's `declare.manifests.ENTITY_EXTRA_FIELDS`, in its order); a
+  route `served_entity_name | served_model_name, traffic_percentage`; a tag `key, value`.
+  Keys declare does not know keep their relative order, after the known ones;
 - 2-space indentation, sequences indented under their key (`  - item`);
 - strings quoted only where YAML needs it, and then with double quotes (`"1"`, `"true"`);
 - comments kept: an end-of-line comment stays with its key, comment lines above a key move
@@ -73,9 +73,11 @@ ENTITY_ORDER = (
     "replicas",
     "scale_to_zero_enabled",
     "environment_vars",
+    "batching",
     # then the Databricks-only fields declare keeps raw, in the order the loader lists them
     *ENTITY_EXTRA_FIELDS,
 )
+BATCHING_ORDER = ("max_batch_size", "max_delay_ms")
 ROUTE_ORDER = ("served_entity_name", "served_model_name", "traffic_percentage")
 TAG_ORDER = ("key", "value")
 RATE_LIMIT_ORDER = ("calls", "key", "renewal_period")
@@ -89,6 +91,7 @@ def _order_for(path: tuple[str, ...]) -> Sequence[str] | None:
         ("config",): CONFIG_ORDER,
         ("config", "served_entities", "[]"): ENTITY_ORDER,
         ("config", "served_models", "[]"): ENTITY_ORDER,
+        ("config", "served_entities", "[]", "batching"): BATCHING_ORDER,
         ("config", "traffic_config", "routes", "[]"): ROUTE_ORDER,
         ("config", "auto_capture_config"): CAPTURE_ORDER,
         ("tags", "[]"): TAG_ORDER,

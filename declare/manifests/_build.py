@@ -6,7 +6,7 @@ and the enforced rate limits become typed values of the spec (`RolloutPolicy.fro
 `manifest_limits`); the sections declare records but does not act on stay raw in
 `EndpointSpec.extra` (`EXTRA_FIELDS`, `auto_capture_config`, and per entity
 `ENTITY_EXTRA_FIELDS` under `entity_settings`, but for the provisioned concurrency and the
-`autoscaling` timings, which are typed).
+`autoscaling` timings, which are typed); an entity's `batching` becomes a `Batching`.
 
 Does not check anything: it is called only for a document whose checks found no problem
 (`_endpoint`), and trusts the shapes those checks and the JSON Schema guarantee.
@@ -20,6 +20,7 @@ from typing import Any
 from declare.errors import Location
 from declare.model import (
     AutoscalePolicy,
+    Batching,
     EndpointSpec,
     EntitySpec,
     RolloutPolicy,
@@ -64,6 +65,7 @@ def _entity_spec(
     model_name = raw.get(name_key)
     version = version_text(raw.get(version_key))
     uri = raw.get("model_uri") or f"models:/{model_name}/{version}"
+    batching = raw.get("batching")
     return EntitySpec(
         name=name,
         model_uri=uri,
@@ -76,6 +78,7 @@ def _entity_spec(
         replicas=None if raw.get("replicas") is None else int(raw["replicas"]),
         min_provisioned_concurrency=raw.get("min_provisioned_concurrency"),
         max_provisioned_concurrency=raw.get("max_provisioned_concurrency"),
+        batching=None if batching is None else Batching.from_json(batching),
         location=Location(doc.file, doc.line(path), format_path(path)),
     )
 

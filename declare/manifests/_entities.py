@@ -6,6 +6,7 @@ Checked here (each problem located at its field):
 - environment variable names are valid, and a value holding `{{` is one whole secret
   reference `{{secrets/<scope>/<key>}}`;
 - explicit provisioned concurrency follows Databricks' rules (`declare.model.scaling`);
+- a `batching` delay is a number (NaN passes the schema's bounds: `declare.model.batching`);
 - with the endpoint's name, each entity's name makes replica ids no provider refuses
   (`declare.model.names`: at most REPLICA_ID_MAX characters; every file and container name
   a provider derives from them then fits).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from declare.model.batching import batching_problems
 from declare.model.names import ENDPOINT_NAME_MAX, replica_id_problem
 from declare.model.scaling import concurrency_problems
 
@@ -64,6 +66,8 @@ def named_entities(config: dict[str, Any], key: str, found: Findings) -> NamedEn
         check_environment(raw.get("environment_vars"), (*path, "environment_vars"), found)
         for field, message in concurrency_problems(raw):
             found.report((*path, field), message)
+        for field, message in batching_problems(raw.get("batching")):
+            found.report((*path, "batching", field), message)
         name = entity_name(raw, path, legacy=key == "served_models", found=found)
         if name is None:
             complete = False

@@ -1,10 +1,17 @@
-"""A served entity's `batching`: the value, its records, and the replica generation (pure)."""
+"""A served entity's `batching`: the value, its records, the replica generation, and how
+a manifest gives it (located errors)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from declare.model import Batching, EntitySpec, ReplicaSpec
+import pytest
+
+from declare.fmt import format_text
+from declare.manifests import ENDPOINT_SCHEMA, load_manifest_file, load_schema, validate_document
+from declare.model import Batching, EndpointSpec, EntitySpec, ReplicaSpec
+from declare.model.batching import BATCH_SIZE_MAX, BATCH_SIZE_MIN, DELAY_MESSAGE, MAX_DELAY_MS_MAX
 from declare.state.document import generation_of
 from tests.unit.planning_fixtures import desired, entity, model
 
@@ -62,4 +69,112 @@ def test_batching_is_part_of_the_generation() -> None:
     same = entity("1", batching=Batching(32, 2))
     assert generation_of("local", model(), same.to_json()) == generation_of(
         "local", model(), batched.to_json()
+    )
+
+
+# -- manifests --------------------------------------------------------------------------------
+
+MANIFEST = """\
+name: iris
+config:
+  served_entities:
+    - name: iris-1
+      entity_name: iris
+      entity_version: "1"
+      batching:
+{batching}
+"""
+ENTITY = "config.served_entities[0]"
+
+
+def _load(tmp_path: Path, batching: str) -> tuple[list[EndpointSpec], list[str]]:
+    path = tmp_path / "iris.yaml"
+    path.write_text(MANIFEST.format(batching=batching))
+    specs, problems = load_manifest_file(path)
+    return specs, [str(p) for p in problems]
+
+
+def test_manifest_batching_reaches_the_entity(tmp_path: Path) -> None:
+    (spec,), problems = _load(tmp_path, "        max_batch_size: 32\n        max_delay_ms: 2")
+    assert problems == []
+    assert spec.entity("iris-1").batching == BATCHING
+    assert spec.entity("iris-1").to_json()["batching"] == {
+        "max_batch_size": 32,
+        "max_delay_ms": 2.0,
+    }
+
+
+def test_manifest_without_batching_has_none() -> None:
+    body = {"name": "e", "config": {"served_entities": [{"entity_name": "m", "entity_version": 1}]}}
+    assert validate_document(body).entities[0].batching is None
+
+
+SIZE = f"iris.yaml:8: {ENTITY}.batching.max_batch_size: must be a whole number from 2 to 1024"
+DELAY = (
+    f"iris.yaml:9: {ENTITY}.batching.max_delay_ms: must be a number of milliseconds, more than "
+    "0 and at most 1000"
+)
+
+
+@pytest.mark.parametrize(
+    ("size", "delay", "problem"),
+    [
+        ("1", "2", f"{SIZE}, got 1"),
+        ("1025", "2", f"{SIZE}, got 1025"),
+        ("8.5", "2", f"{SIZE}, got 8.5"),
+        ('"32"', "2", f'{SIZE}, got "32"'),
+        ("true", "2", f"{SIZE}, got true"),
+        ("32", "0", f"{DELAY}, got 0"),
+        ("32", "-1", f"{DELAY}, got -1"),
+        ("32", "1000.5", f"{DELAY}, got 1000.5"),
+        ("32", "2ms", f'{DELAY}, got "2ms"'),
+        ("32", ".nan", f"{DELAY}, got nan"),
+    ],
+)
+def test_manifest_batching_out_of_range_is_located(
+    tmp_path: Path, size: str, delay: str, problem: str
+) -> None:
+    specs, problems = _load(
+        tmp_path, f"        max_batch_size: {size}\n        max_delay_ms: {delay}"
+    )
+    assert specs == []
+    assert problems == [problem]
+
+
+def test_manifest_batching_unknown_key_names_the_allowed_ones(tmp_path: Path) -> None:
+    _, problems = _load(
+        tmp_path, "        max_batch_size: 32\n        max_delay_ms: 2\n        max_wait_ms: 3"
+    )
+    assert problems == [
+        f"iris.yaml:10: {ENTITY}.batching.max_wait_ms: unknown field 'max_wait_ms'; allowed: "
+        "max_batch_size, max_delay_ms (did you mean 'max_delay_ms'?)"
+    ]
+
+
+def test_manifest_batching_must_be_a_mapping_with_both_fields(tmp_path: Path) -> None:
+    path = tmp_path / "iris.yaml"
+    path.write_text(MANIFEST.replace("      batching:\n{batching}", "      batching: true"))
+    assert [str(p) for p in load_manifest_file(path)[1]] == [
+        f"iris.yaml:7: {ENTITY}.batching: must be a mapping, got true"
+    ]
+    _, problems = _load(tmp_path, "        max_batch_size: 32")
+    assert problems == [f"iris.yaml:7: {ENTITY}.batching.max_delay_ms: is required"]
+
+
+def test_schema_bounds_are_the_model_bounds() -> None:
+    fields = load_schema(ENDPOINT_SCHEMA)["$defs"]["batching"]["properties"]
+    size, delay = fields["max_batch_size"], fields["max_delay_ms"]
+    assert (size["minimum"], size["maximum"]) == (BATCH_SIZE_MIN, BATCH_SIZE_MAX)
+    assert (delay["exclusiveMinimum"], delay["maximum"]) == (0, MAX_DELAY_MS_MAX)
+    assert delay["x-declare-message"] == DELAY_MESSAGE
+
+
+def test_fmt_puts_batching_after_environment_vars() -> None:
+    text = (
+        "name: iris\nconfig:\n  served_entities:\n  - batching:\n      max_delay_ms: 2\n"
+        "      max_batch_size: 32\n    environment_vars: {}\n    name: iris-1\n"
+    )
+    assert format_text(text, "iris.yaml") == (
+        "name: iris\nconfig:\n  served_entities:\n    - name: iris-1\n      environment_vars: {}\n"
+        "      batching:\n        max_batch_size: 32\n        max_delay_ms: 2\n"
     )
