@@ -1,7 +1,8 @@
 """An endpoint record in the shape of Databricks' `GET /api/2.0/serving-endpoints/{name}`.
 
 The gateway serves this description as it is (it arrives in the routing table) and
-`declare status` prints it. Pure functions of an `EndpointRecord`; no I/O.
+`declare status` prints it. A served entity's `batching`, a declare addition, is shown only
+when it is set. Pure functions of an `EndpointRecord`; no I/O.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def _config(spec: EndpointSpec, record: EndpointRecord, version: int) -> dict[st
                 "environment_vars": {k: "{{redacted}}" for k in e.environment_vars},
                 "state": entity_state(record, e.name),
                 **_concurrency(e),
+                **({"batching": e.batching.to_json()} if e.batching else {}),
             }
         )
     return {

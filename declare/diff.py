@@ -349,13 +349,14 @@ def _gateway_table_stale(r: EndpointRecord, actual: Actual) -> bool:
 
 # -- field changes ----------------------------------------------------------------------
 
-_REPLACE_FIELDS = ("model",)
+_REPLACE_FIELDS = ("model", "batching")  # batching: the replica server starts otherwise
 _RESTART_FIELDS = ("environment_vars", "workload_type")
 _SCALE_FIELDS = ("workload_size", "concurrency", "replicas", "scale_to_zero_enabled")
 
 
 def _entity_view(e: EntitySpec, model: ResolvedModel | None, per_replica: int) -> dict[str, Any]:
-    """What the plan shows of an entity; `replicas` is its range ('1', '2..4', '0..4')."""
+    """What the plan shows of an entity; `replicas` is its range ('1', '2..4', '0..4');
+    `batching` its micro-batching setting (None: none)."""
     return {
         "model": model.describe() if model else e.model_uri,
         "environment_vars": dict(e.environment_vars),
@@ -364,6 +365,7 @@ def _entity_view(e: EntitySpec, model: ResolvedModel | None, per_replica: int) -
         "concurrency": e.concurrency_text(),
         "replicas": e.replica_range(per_replica).short(),
         "scale_to_zero_enabled": e.scale_to_zero_enabled,
+        "batching": e.batching.to_json() if e.batching else None,
     }
 
 

@@ -306,6 +306,7 @@ def _replicas(
             workload_size=s.entity.workload_size,
             workload_type=s.entity.workload_type,
             environment_vars=s.entity.environment_vars,
+            batching=s.entity.batching,
         )
         addr = f"endpoint.{name}.entity[{s.entity.name}].replica[{s.index}]"
         start_id = g.add(

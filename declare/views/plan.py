@@ -31,6 +31,11 @@ _IMPACT_NOTE = {
 }
 
 
+def _batching_text(value: dict[str, Any]) -> str:
+    """A served entity's batching as the manifest words it: 'max_batch_size 32, ...'."""
+    return f"max_batch_size {value['max_batch_size']}, max_delay_ms {value['max_delay_ms']:g}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, dict) and "model" in value and "workload_size" in value:
         n = str(value["replicas"])
@@ -40,7 +45,11 @@ def _fmt(value: Any) -> str:
         )
         if value.get("environment_vars"):
             text += f", env {', '.join(sorted(value['environment_vars']))}"
+        if value.get("batching"):
+            text += f", batching ({_batching_text(value['batching'])})"
         return text
+    if isinstance(value, dict) and set(value) == {"max_batch_size", "max_delay_ms"}:
+        return _batching_text(value)
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
@@ -59,6 +68,8 @@ def _entity_lines(
     ]
     if e.environment_vars:
         lines.append(f"          {sym} environment   = {', '.join(sorted(e.environment_vars))}")
+    if e.batching is not None:
+        lines.append(f"          {sym} batching      = {e.batching.describe()}")
     if e.scale_to_zero_enabled:
         lines.append(
             f"          {sym} scale_to_zero = true (no replica after "
