@@ -13,7 +13,10 @@ This module only puts those parts together behind the Provider Protocol; the eng
 errors become ProviderErrors in one place (`errors`).
 
 What it does not do: readiness (the core probes /invocations over HTTP), pulling images
-other than the base image, scheduling across several engines (the gpu-hosts provider).
+other than the base image, scheduling across several engines (the gpu-hosts provider),
+micro-batching: MLflow's scoring server cannot batch, so a replica whose served entity has
+`batching` is refused when asked to start (`refuse_batching`; the Provider Protocol has no
+plan-time check of a served entity's settings).
 """
 
 from __future__ import annotations
@@ -46,7 +49,17 @@ from providers.docker.image_record import ImageRecord
 from providers.docker.settings import DockerSettings
 from providers.docker.workloads import resources
 
-__all__ = ["PROVIDER_NAME", "DockerProvider"]
+__all__ = ["PROVIDER_NAME", "DockerProvider", "refuse_batching"]
+
+
+def refuse_batching(spec: ReplicaSpec) -> None:
+    """ProviderError when `spec` asks for micro-batching, which MLflow's server cannot do."""
+    if spec.batching is not None:
+        raise ProviderError(
+            f"served entity {spec.entity} of endpoint {spec.endpoint}: batching needs "
+            "declare's replica server, which the docker provider does not run; remove "
+            "`batching` or use the local provider with providers.local.server: declare"
+        )
 
 
 class DockerProvider:
@@ -155,7 +168,9 @@ class DockerProvider:
         )
 
     def start_replica(self, spec: ReplicaSpec) -> ReplicaHandle:
-        """Create and start the container, and return at once (it is not ready yet)."""
+        """Create and start the container, and return at once (it is not ready yet).
+        Refuses a spec with `batching` before anything is made."""
+        refuse_batching(spec)
         where = f"{where_of(spec)}: "
         self.engine.check_workload(spec.workload_type, where)
         plan = self.image_plan(spec.model)

@@ -1,27 +1,32 @@
 """The docker provider's pure parts: settings, image contents and tags, workload resources,
-and how the plan names builds (cached or not). No engine is needed here."""
+how the plan names builds (cached or not), and what it refuses to start (batching). No
+engine is needed here."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from declare.diff import diff
 from declare.errors import ConfigError, ProviderError
-from declare.model import ResolvedModel
+from declare.model import Batching, ReplicaSpec, ResolvedModel
 from declare.plan.actions import ActionKind
-from declare.provider import BuildInfo
+from declare.provider import BuildInfo, ProviderContext
 from declare.views.plan import render_human
+from providers.docker import DockerProvider
 from providers.docker.image import (
     RUNTIME_REQUIREMENTS,
     flavor_requirements,
     image_plan,
     requirements_for,
 )
+from providers.docker.provider import refuse_batching
 from providers.docker.settings import DockerSettings
 from providers.docker.workloads import gpu_runtime_problem, resources
 from tests.unit.planning_fixtures import applied, desired, plan_of
+from tests.unit.planning_fixtures import model as pf_model
 
 MLMODEL = "flavors:\n  python_function:\n    python_version: 3.11.7\n"
 
@@ -190,3 +195,23 @@ def test_plan_says_whether_each_build_is_cached() -> None:
     assert "BUILD ACTION" in fresh
     local = _plan_with({"x": BuildInfo("k1", needed=False, cached=True)})
     assert "image" not in local and "BUILD ACTION" not in local
+
+
+# -- what it cannot serve ------------------------------------------------------------------
+
+
+def test_a_replica_with_batching_is_refused_before_the_engine_is_asked(tmp_path: Path) -> None:
+    """MLflow's scoring server cannot batch; the Protocol has no plan-time check of an
+    entity's settings, so the refusal comes when the replica is to start (no engine needed:
+    nothing is made)."""
+    provider = DockerProvider(ProviderContext("p", tmp_path, tmp_path / "state"))
+    spec = ReplicaSpec("p", "iris", "iris-1", "gen", 0, pf_model(), batching=Batching(32, 2.0))
+    with pytest.raises(ProviderError) as caught:
+        provider.start_replica(spec)
+    assert str(caught.value) == (
+        "served entity iris-1 of endpoint iris: batching needs declare's replica server, which "
+        "the docker provider does not run; remove `batching` or use the local provider with "
+        "providers.local.server: declare"
+    )
+    assert not (tmp_path / "state").exists()
+    refuse_batching(replace(spec, batching=None))  # without batching: nothing to refuse
