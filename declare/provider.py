@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from declare.errors import ConfigError
-from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.model import EntitySpec, ReplicaHandle, ReplicaSpec, ResolvedModel
 
 
 class Liveness(Enum):
@@ -96,6 +96,16 @@ def replica_concurrency(provider: Provider) -> int:
     if isinstance(provider, ReplicaSizing):
         return int(provider.replica_concurrency)
     return 4
+
+
+@runtime_checkable
+class EntityChecks(Protocol):
+    """Optional: a provider that cannot serve some settings of a served entity says so before
+    anything starts. `plan` and `apply` call it for every entity a manifest gives the
+    provider, and refuse the manifest with each problem at the entity's line."""
+
+    def entity_problems(self, entity: EntitySpec) -> list[tuple[str, str]]:
+        """(field, message) for each setting of `entity` this provider cannot serve."""
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from declare.errors import DeclareError, LocatedError, Location, ManifestError, 
 from declare.manifests import load_project_manifests
 from declare.model import EndpointSpec, ResolvedModel
 from declare.project import Project
-from declare.provider import replica_concurrency
+from declare.provider import EntityChecks, replica_concurrency
 
 
 def load_specs(project: Project) -> tuple[EndpointSpec, ...]:
@@ -55,14 +55,23 @@ def resolve(project: Project, specs: tuple[EndpointSpec, ...]) -> tuple[DesiredE
 
 
 def check_providers(project: Project, specs: tuple[EndpointSpec, ...]) -> None:
-    """Every provider the manifests use exists and can work (before anything changes)."""
+    """Every provider the manifests use exists and can work, and can serve every entity
+    given to it as the manifest asks (`EntityChecks`), before anything changes."""
     problems: list[LocatedError] = []
     for spec in specs:
         try:
-            project.provider(spec.provider).check()
+            provider = project.provider(spec.provider)
+            provider.check()
         except DeclareError as exc:
             loc = spec.location or Location(spec.name)
             problems.append(LocatedError(Location(loc.file, loc.line, "provider"), str(exc)))
+            continue
+        if not isinstance(provider, EntityChecks):
+            continue
+        for entity in spec.entities:
+            loc = entity.location or spec.location or Location(spec.name)
+            for field, message in provider.entity_problems(entity):
+                problems.append(LocatedError(Location(loc.file, loc.line, field), message))
     if problems:
         raise ManifestError(problems)
 

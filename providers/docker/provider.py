@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from declare.errors import ProviderError
-from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.model import EntitySpec, ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
 from providers._shared import exclusive, new_replica_id, pick_port, where_of
 from providers.docker import image as images
@@ -52,13 +52,17 @@ from providers.docker.workloads import resources
 __all__ = ["PROVIDER_NAME", "DockerProvider", "refuse_batching"]
 
 
+BATCHING_REFUSED = (
+    "batching needs declare's replica server, which the docker provider does not run; "
+    "remove `batching` or use the local provider (its server is declare's by default)"
+)
+
+
 def refuse_batching(spec: ReplicaSpec) -> None:
     """ProviderError when `spec` asks for micro-batching, which MLflow's server cannot do."""
     if spec.batching is not None:
         raise ProviderError(
-            f"served entity {spec.entity} of endpoint {spec.endpoint}: batching needs "
-            "declare's replica server, which the docker provider does not run; remove "
-            "`batching` or use the local provider with providers.local.server: declare"
+            f"served entity {spec.entity} of endpoint {spec.endpoint}: {BATCHING_REFUSED}"
         )
 
 
@@ -87,6 +91,10 @@ class DockerProvider:
     def check(self) -> None:
         """Raise ProviderError when the engine is missing or does not answer."""
         self.engine.info()
+
+    def entity_problems(self, entity: EntitySpec) -> list[tuple[str, str]]:
+        """`declare.provider.EntityChecks`: containers run MLflow's server, which cannot batch."""
+        return [("batching", BATCHING_REFUSED)] if entity.batching is not None else []
 
     # -- images -----------------------------------------------------------------------------
 

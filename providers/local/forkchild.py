@@ -49,6 +49,7 @@ __all__ = ["APP_MODULE", "ForkRequest", "ForkedChild", "detach", "run"]
 APP_MODULE = "mlflow.pyfunc.scoring_server.app"
 _Handler = Any  # what signal.getsignal returns
 _FIELDS = ("replica_id", "source", "host", "port", "workers", "env", "log", "cwd")
+SERVERS = ("mlflow", "declare")
 
 
 def _checked(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,6 +67,11 @@ def _checked(data: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("replica_id", "source", "host", "log", "cwd"):
         if not isinstance(data[key], str) or not data[key]:
             raise ValueError(f"{key} must be a non-empty string")
+    if data.get("server", "mlflow") not in SERVERS:
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}")
+    server_args = data.get("server_args", [])
+    if not isinstance(server_args, list) or not all(isinstance(a, str) for a in server_args):
+        raise ValueError("server_args must be a list of strings")
     return dict(data)
 
 
@@ -82,6 +88,8 @@ class ForkRequest:
     replica_keys: frozenset[str]
     log: str
     cwd: str
+    server: str = "mlflow"  # or "declare": `python -m declare.serve`
+    server_args: tuple[str, ...] = ()  # declare.serve's options beyond model, host, port, workers
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ForkRequest:
@@ -100,6 +108,8 @@ class ForkRequest:
             replica_keys=frozenset(keys),
             log=ok["log"],
             cwd=ok["cwd"],
+            server=ok.get("server", "mlflow"),
+            server_args=tuple(ok.get("server_args", [])),
         )
 
     def uvicorn_args(self) -> list[str]:
@@ -109,6 +119,16 @@ class ForkRequest:
             "--port", str(self.port),
             "--workers", str(self.workers),
             f"{APP_MODULE}:app",
+        ]  # fmt: skip
+
+    def declare_args(self) -> list[str]:
+        """`python -m declare.serve`'s arguments for this replica."""
+        return [
+            "--model", self.source,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--workers", str(self.workers),
+            *self.server_args,
         ]  # fmt: skip
 
 
@@ -182,14 +202,42 @@ def _reset_process_state() -> None:
 
 
 def run(child: ForkedChild) -> None:
-    """Become the replica: set it up as MLflow would, then run uvicorn's command line."""
+    """Become the replica: set it up as its launcher would, then run its server."""
     request = child.request
     os.environ.clear()
     os.environ.update(request.env)
     os.chdir(request.cwd)
-    os.environ["PWD"] = request.cwd  # MLflow runs uvicorn through bash, which sets it
-    os.environ.setdefault("SHLVL", "0")  # and SHLVL ("0" when it had none; else unchanged)
     _reset_process_state()
+    if request.server == "declare":
+        _run_declare(child)
+    else:
+        os.environ["PWD"] = request.cwd  # MLflow runs uvicorn through bash, which sets it
+        os.environ.setdefault("SHLVL", "0")  # and SHLVL ("0" when it had none; else unchanged)
+        _run_mlflow(child)
+
+
+def _run_declare(child: ForkedChild) -> None:
+    """`python -m declare.serve ...` in this process: the model loads, the fork server learns
+    the modules that brought in, then it serves (its exit is this process's)."""
+    request = child.request
+    importlib.import_module("mlflow.telemetry").set_telemetry_client()  # as `import mlflow`
+    args = request.declare_args()
+    title = ["declare-replica", request.replica_id, "(forked):", "declare.serve", *args]
+    left_out = proctitle.rewrite(title, os.environ)
+    if left_out:
+        print(f"[declare] /proc/{os.getpid()}/environ leaves out {left_out}", file=sys.stderr)
+    sys.argv = [sys.executable, "-m", "declare.serve", *args]
+    if sys.path and sys.path[0] == child.server_path0:
+        sys.path[0] = request.cwd  # what `python -m` puts first
+    before = set(sys.modules)
+    from declare.serve.main import main
+
+    sys.exit(main(args, after_load=lambda: _report(child, before)))
+
+
+def _run_mlflow(child: ForkedChild) -> None:
+    """What `mlflow models serve` would run: uvicorn's command line with MLflow's app."""
+    request = child.request
     script = _prepare_mlflow(request)
     argv = [script, *request.uvicorn_args()]
     title = ["declare-replica", request.replica_id, "(forked):", "uvicorn", *argv[1:]]

@@ -1,17 +1,22 @@
 """How the local provider launches one replica: the checks before, the command, its environment.
 
+Two servers (`providers.local.server`): `declare` (the default), `python -m declare.serve
+--model <model> --host HOST --port PORT --workers WORKERS [batching options]`, declare's own
+(one process, or WORKERS forked after the model loaded); `mlflow`, `python -m mlflow models
+serve -m <model> -h HOST -p PORT --env-manager local -w WORKERS` (the MLflow launcher and the
+`uvicorn` child it starts).
+
 Two launchers (`providers.local.launcher` in declare.yaml):
 
-- `exec`: `python -m mlflow models serve -m <model> -h HOST -p PORT --env-manager local
-  -w WORKERS`, started with the interpreter declare runs under, detached in its own session
-  (so its process group holds the MLflow launcher and the `uvicorn` child it starts), with
-  output appended to its log.
-- `fork` (the default): the same scoring server, forked by the state folder's fork server
+- `exec`: that command, started with the interpreter declare runs under, detached in its own
+  session (its process group holds every process of the replica), with output appended to
+  its log.
+- `fork` (the default): the same server, forked by the state folder's fork server
   (`providers.local.forkclient`, `providers.local.forkserver`), which has MLflow, uvicorn and
   the model's libraries imported already; the child is in its own session too, and runs
-  what `mlflow models serve` would run (`providers.local.forkchild`). When the fork server
-  cannot fork it (not running yet, a refusal, no answer, a model source that is not a local
-  path), the replica is started by `exec`, and its log says why (`Launch.note`).
+  what the command would run (`providers.local.forkchild`). When the fork server cannot
+  fork it (not running yet, a refusal, no answer, a model source that is not a local path),
+  the replica is started by `exec`, and its log says why (`Launch.note`).
 
 Either way its environment is declare's own without other replicas' secrets, plus the
 model's MLflow settings, the user's variables and DECLARE_PROJECT / DECLARE_REPLICA_ID.
@@ -70,8 +75,28 @@ class Launch:
     workers: int
     log_path: Path
     pass_env: tuple[str, ...] = ()  # providers.local.pass_env
+    server: str = "declare"  # providers.local.server
+
+    def server_args(self) -> list[str]:
+        """declare.serve's options beyond model, host, port and workers (batching)."""
+        batching = self.spec.batching
+        if batching is None:
+            return []
+        return [
+            "--max-batch-size", str(batching.max_batch_size),
+            "--max-delay-ms", f"{batching.max_delay_ms:g}",
+        ]  # fmt: skip
 
     def argv(self) -> list[str]:
+        if self.server == "declare":
+            return [
+                sys.executable, "-m", "declare.serve",
+                "--model", self.source,
+                "--host", self.host,
+                "--port", str(self.port),
+                "--workers", str(self.workers),
+                *self.server_args(),
+            ]  # fmt: skip
         return [
             sys.executable, "-m", "mlflow", "models", "serve",
             "-m", self.source,
@@ -80,6 +105,12 @@ class Launch:
             "--env-manager", "local",
             "-w", str(self.workers),
         ]  # fmt: skip
+
+    def command(self) -> str:
+        """The command `exec` runs, as a log line names it."""
+        if self.server == "declare":
+            return "python -m declare.serve"
+        return "mlflow models serve"
 
     def _own_env(self) -> dict[str, str]:
         """What this replica sets on top of declare's environment."""
@@ -118,6 +149,8 @@ class Launch:
             "replica_keys": sorted(self._own_env()),
             "log": str(self.log_path),
             "cwd": str(project_dir if project_dir.is_dir() else Path.cwd()),
+            "server": self.server,
+            "server_args": self.server_args(),
         }
 
     def fork(self, server: ForkServerClient, project_dir: Path) -> procs.ProcessId:
@@ -142,7 +175,7 @@ class Launch:
             try:
                 return self.fork(server, project_dir)
             except ForkUnavailable as exc:
-                self.note(f"not forked: {exc}; started by `mlflow models serve` instead")
+                self.note(f"not forked: {exc}; started by `{self.command()}` instead")
             except OSError as exc:
-                self.note(f"not forked ({exc}); started by `mlflow models serve` instead")
+                self.note(f"not forked ({exc}); started by `{self.command()}` instead")
         return self.start(project_dir, where)

@@ -1,13 +1,15 @@
-"""The local provider: each replica is a detached MLflow scoring server on loopback.
+"""The local provider: each replica is a detached scoring server on loopback.
 
-A replica is MLflow's scoring server as `mlflow models serve ... --env-manager local` runs
-it, in its own session, output appended to `state_dir/local/logs/<id>.log`
-(`providers.local.launch`): forked by the state folder's fork server (`launcher: fork`, the
-default; started lazily, see `providers.local.forkclient`), or started as that very command
-with declare's own interpreter (`launcher: exec`, and whenever a fork cannot be had).
-Request and response formats are therefore MLflow's. The process outlives declare.
-`start_forkserver` / `stop_forkserver` start it ahead of need and stop it; it also exits by
-itself when idle with no replica for an hour, or when the state folder is removed.
+A replica is declare's own scoring server (`python -m declare.serve`, `server: declare`, the
+default; it answers what MLflow's answers) or MLflow's as `mlflow models serve ...
+--env-manager local` runs it (`server: mlflow`), in its own session, output appended to
+`state_dir/local/logs/<id>.log` (`providers.local.launch`): forked by the state folder's fork
+server (`launcher: fork`, the default; started lazily, see `providers.local.forkclient`), or
+started as that very command with declare's own interpreter (`launcher: exec`, and whenever
+a fork cannot be had). Request and response formats are MLflow's either way. The process
+outlives declare. `start_forkserver` / `stop_forkserver` start it ahead of need and stop
+it; it also exits by itself when idle with no replica for an hour, or when the state folder
+is removed.
 
 Each replica has a record, `state_dir/local/replicas/<replica id>.json`
 (`providers.local.records`), so `list_owned()` finds every replica without the state file. A
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from declare import procs
 from declare.errors import ProviderError
-from declare.model import ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.model import EntitySpec, ReplicaHandle, ReplicaSpec, ResolvedModel
 from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
 from providers._shared import (
     DEATH_LOG_LINES,
@@ -53,9 +55,14 @@ from providers.local.settings import LocalSettings
 
 __all__ = ["LocalProvider"]
 
+_BATCHING_NEEDS_DECLARE = (
+    "batching needs declare's replica server, and providers.local.server is mlflow in "
+    "declare.yaml: set it to declare (the default) or remove `batching`"
+)
+
 
 class LocalProvider:
-    """Replicas as detached `mlflow models serve` processes on loopback (see module doc)."""
+    """Replicas as detached scoring-server processes on loopback (see module doc)."""
 
     name = PROVIDER_NAME
 
@@ -71,21 +78,30 @@ class LocalProvider:
     # -- checks and builds ------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise ProviderError naming what is missing: /proc, mlflow, uvicorn."""
+        """Raise ProviderError naming what is missing: /proc, mlflow, the server's packages."""
         missing: list[str] = []
         if not Path("/proc/self/stat").exists():
             missing.append("/proc (the local provider runs on Linux only)")
-        for module in ("mlflow", "uvicorn"):
+        needed = (
+            ("mlflow", "httptools") if self.settings.server == "declare" else ("mlflow", "uvicorn")
+        )
+        for module in needed:
             if importlib.util.find_spec(module) is None:
                 missing.append(f"the Python package {module!r} in {sys.executable}")
         path = procs.venv_path_env(os.environ)["PATH"]
-        if shutil.which("uvicorn", path=path) is None:
+        if self.settings.server == "mlflow" and shutil.which("uvicorn", path=path) is None:
             missing.append(
                 f"a 'uvicorn' command on PATH or beside {sys.executable} "
                 "(MLflow's scoring server runs it by name)"
             )
         if missing:
             raise ProviderError("local provider cannot run replicas: missing " + "; ".join(missing))
+
+    def entity_problems(self, entity: EntitySpec) -> list[tuple[str, str]]:
+        """`declare.provider.EntityChecks`: batching needs declare's replica server."""
+        if entity.batching is not None and self.settings.server != "declare":
+            return [("batching", _BATCHING_NEEDS_DECLARE)]
+        return []
 
     def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
         """The local provider serves from declare's own interpreter: nothing to build."""
@@ -100,6 +116,8 @@ class LocalProvider:
     def start_replica(self, spec: ReplicaSpec) -> ReplicaHandle:
         """Start one scoring server, record it, and return at once (it is not ready yet)."""
         where = where_of(spec)
+        if spec.batching is not None and self.settings.server != "declare":
+            raise ProviderError(f"{where}: {_BATCHING_NEEDS_DECLARE}")
         source = model_source(spec, where)
         host = self.settings.host
         with self.records.locked():
@@ -116,6 +134,7 @@ class LocalProvider:
                 self.settings.workers,
                 log_path,
                 self.settings.pass_env,
+                self.settings.server,
             )
             proc = launch.start_by(
                 self.settings.launcher, self.forkserver, self.context.project_dir, where

@@ -3,8 +3,13 @@
 Parses and checks values only: nothing is started or read from disk here. Every problem is
 a `ConfigError` that names the field.
 
-    workers: uvicorn workers per replica (default 1). More than one worker makes uvicorn
-             run a process manager; without uvloop that adds ~44 ms to every response.
+    server:  the replica's scoring server (default declare): `declare` runs declare's own
+             (`python -m declare.serve`: MLflow's answers, byte for byte, from MLflow's own
+             parsing and serialization, with less in between; the only one that can batch);
+             `mlflow` runs MLflow's (`mlflow models serve`, uvicorn and FastAPI).
+    workers: processes per replica (default 1): uvicorn workers for `server: mlflow` (more
+             than one makes uvicorn run a process manager; without uvloop that adds ~44 ms
+             to every response), forked workers sharing one socket for `server: declare`.
     host:    the IPv4 loopback address replicas listen on (default 127.0.0.1).
     launcher: how a replica's process is started (default fork): `fork` asks the state
              folder's fork server, which has MLflow imported already, to fork it (a
@@ -28,17 +33,19 @@ from typing import Any
 from declare.errors import ConfigError
 from providers._shared import loopback_host, replica_concurrency_setting
 
-__all__ = ["LAUNCHERS", "LocalSettings"]
+__all__ = ["LAUNCHERS", "SERVERS", "LocalSettings"]
 
-_ALLOWED_SETTINGS = ("workers", "host", "launcher", "replica_concurrency", "pass_env")
+_ALLOWED_SETTINGS = ("server", "workers", "host", "launcher", "replica_concurrency", "pass_env")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 LAUNCHERS = ("fork", "exec")
+SERVERS = ("declare", "mlflow")
 
 
 @dataclass(frozen=True)
 class LocalSettings:
     """The validated `providers.local` settings."""
 
+    server: str = "declare"
     workers: int = 1
     host: str = "127.0.0.1"
     launcher: str = "fork"
@@ -53,6 +60,11 @@ class LocalSettings:
             raise ConfigError(
                 f"providers.local: unknown setting {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(_ALLOWED_SETTINGS)}"
+            )
+        server = raw.get("server", "declare")
+        if server not in SERVERS:
+            raise ConfigError(
+                f"providers.local.server: must be one of {', '.join(SERVERS)}, got {server!r}"
             )
         workers = raw.get("workers", 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -78,6 +90,7 @@ class LocalSettings:
                 f"patterns), got {pass_env!r}"
             )
         return cls(
+            server=server,
             workers=workers,
             host=host,
             launcher=launcher,

@@ -48,14 +48,14 @@ from tests.integration.conftest import (
 from tests.integration.test_local_provider import _environ, _group_members
 
 
-def _provider(folder: Path, launcher: str) -> LocalProvider:
+def _provider(folder: Path, launcher: str, server: str = "declare") -> LocalProvider:
     project_dir = folder / "project"
     project_dir.mkdir(parents=True)
     context = ProviderContext(
         project="itest",
         project_dir=project_dir,
         state_dir=project_dir / "state",
-        settings={"launcher": launcher},
+        settings={"launcher": launcher, "server": server},
     )
     return LocalProvider(context)
 
@@ -78,13 +78,6 @@ def _hash_seed(monkeypatch: pytest.MonkeyPatch) -> None:
 def fork_provider(tmp_path: Path) -> Iterator[LocalProvider]:
     provider = _provider(tmp_path / "fork", "fork")
     assert provider.start_forkserver(wait_seconds=60), "the fork server did not answer"
-    yield provider
-    _cleanup(provider)
-
-
-@pytest.fixture
-def exec_provider(tmp_path: Path) -> Iterator[LocalProvider]:
-    provider = _provider(tmp_path / "exec", "exec")
     yield provider
     _cleanup(provider)
 
@@ -149,40 +142,69 @@ def _answer(url: str, request: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("server", ["declare", "mlflow"])
 def test_a_forked_replica_answers_exactly_as_mlflow_models_serve(
-    fork_provider: LocalProvider, exec_provider: LocalProvider, mlflow_project: MlflowProject
+    tmp_path: Path, mlflow_project: MlflowProject, server: str
+) -> None:
+    """A forked replica of either server, an exec'd one of the same server, and an exec'd
+    `mlflow models serve` (the reference) give the same answers; the forked and exec'd
+    replicas of one server hold the same environment."""
+    fork_provider = _provider(tmp_path / "fork", "fork", server)
+    exec_provider = _provider(tmp_path / "exec", "exec", server)
+    reference = _provider(tmp_path / "mlflow", "exec", "mlflow")
+    try:
+        assert fork_provider.start_forkserver(wait_seconds=60), "the fork server did not answer"
+        _same_answers_and_environment(fork_provider, exec_provider, reference, mlflow_project)
+    finally:
+        for provider in (fork_provider, exec_provider, reference):
+            _cleanup(provider)
+
+
+def _same_answers_and_environment(
+    fork_provider: LocalProvider,
+    exec_provider: LocalProvider,
+    reference: LocalProvider,
+    mlflow_project: MlflowProject,
 ) -> None:
     model = mlflow_project.resolve("models:/iris/1")
     env = mlflow_project.model_env
     extra = {"MY_SETTING": "on"}
-    forked = fork_provider.start_replica(replica_spec(model, model_env=env, environment_vars=extra))
-    execed = exec_provider.start_replica(replica_spec(model, model_env=env, environment_vars=extra))
-    for handle in (forked, execed):
+    spec = replica_spec(model, model_env=env, environment_vars=extra)
+    forked = fork_provider.start_replica(spec)
+    execed = exec_provider.start_replica(spec)
+    mlflows = reference.start_replica(spec)
+    for handle in (forked, execed, mlflows):
         wait_for_prediction(handle, serving_example(model))
     assert _forked(fork_provider, forked)
     assert not _forked(exec_provider, execed)
 
     requests = _requests(model)
-    fork_answers = [_answer(forked.url, r) for r in requests]
-    exec_answers = [_answer(execed.url, r) for r in requests]
-    for request, fork_answer, exec_answer in zip(requests, fork_answers, exec_answers, strict=True):
-        assert fork_answer == exec_answer, f"{request[:2]} {request[2]!r:.80}"
-    statuses = {a["status"] for a in exec_answers}
+    reference_answers = [_answer(mlflows.url, r) for r in requests]
+    for handle in (forked, execed):
+        answers = [_answer(handle.url, r) for r in requests]
+        for request, answer, expected in zip(requests, answers, reference_answers, strict=True):
+            assert answer == expected, f"{request[:2]} {request[2]!r:.80}"
+    statuses = {a["status"] for a in reference_answers}
     assert {200, 400, 404, 405, 415, 500} <= statuses, statuses  # the bad ones were bad ones
 
-    # The same environment in both serving processes (the exec one is uvicorn, its child).
+    # The same environment in both serving processes (MLflow's exec'd one is uvicorn, the
+    # child of the MLflow launcher; declare's is the process itself).
     exec_pid = int(execed.data["pid"])
-    uvicorn_pid = next(p for p, cmd in _group_members(exec_pid) if "bin/uvicorn" in cmd)
+    serving_pid = exec_pid
+    if exec_provider.settings.server == "mlflow":
+        serving_pid = next(p for p, cmd in _group_members(exec_pid) if "bin/uvicorn" in cmd)
     fork_env = _environ(int(forked.data["pid"]))
-    exec_env = _environ(uvicorn_pid)
+    exec_env = _environ(serving_pid)
     assert fork_env.pop("DECLARE_REPLICA_ID") == forked.id
     assert exec_env.pop("DECLARE_REPLICA_ID") == execed.id
-    assert fork_env.pop("PWD") == str(fork_provider.context.project_dir)
-    # MLflow draws its telemetry id per process at import: each has its own.
-    assert fork_env.pop("_MLFLOW_TELEMETRY_SESSION_ID") != exec_env.pop(
-        "_MLFLOW_TELEMETRY_SESSION_ID"
-    )
-    assert exec_env.pop("PWD") == str(exec_provider.context.project_dir)
+    # MLflow draws its telemetry id per process at import: each has its own (a declare.serve
+    # started by exec sets it after its start, where /proc/PID/environ does not show it).
+    fork_id = fork_env.pop("_MLFLOW_TELEMETRY_SESSION_ID")
+    assert fork_id != exec_env.pop("_MLFLOW_TELEMETRY_SESSION_ID", None)
+    fork_pwd, exec_pwd = fork_env.pop("PWD", None), exec_env.pop("PWD", None)
+    if exec_provider.settings.server == "mlflow":  # MLflow runs uvicorn through bash
+        assert fork_pwd == str(fork_provider.context.project_dir)
+        assert exec_pwd == str(exec_provider.context.project_dir)
     assert fork_env == exec_env
 
 
@@ -272,7 +294,7 @@ def test_a_replica_with_other_startup_variables_is_started_by_exec(
     handle = fork_provider.start_replica(spec)
     log = fork_provider.logs(handle, tail=50)
     assert "variables read at import differ from the fork server's: ['OMP_NUM_THREADS']" in log
-    assert "started by `mlflow models serve` instead" in log
+    assert "started by `python -m declare.serve` instead" in log
     wait_for_prediction(handle, serving_example(model))
     assert _environ(int(handle.data["pid"]))["OMP_NUM_THREADS"] == "1"
     assert fork_provider.forkserver.ping(), "a replica's own variables do not replace the server"

@@ -65,15 +65,21 @@ def launcher(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["declare", "mlflow"])
+def server(request: pytest.FixtureRequest) -> str:
+    """providers.local.server: every test here runs on declare's replica server and MLflow's."""
+    return str(request.param)
+
+
 @pytest.fixture
-def provider_context(tmp_path: Path, launcher: str) -> ProviderContext:
+def provider_context(tmp_path: Path, launcher: str, server: str) -> ProviderContext:
     project_dir = tmp_path / "project"
     project_dir.mkdir()
     return ProviderContext(
         project="itest",
         project_dir=project_dir,
         state_dir=project_dir / "state",
-        settings={"launcher": launcher},
+        settings={"launcher": launcher, "server": server},
     )
 
 
@@ -196,13 +202,16 @@ def test_stop_leaves_no_process_of_the_group_and_keeps_the_log(
     pid = int(handle.data["pid"])
 
     members = _group_members(pid)
-    if launcher == "exec":
+    server = local_provider.settings.server
+    if launcher == "exec" and server == "mlflow":
         assert len(members) >= 2, members  # the MLflow launcher and its uvicorn child
     else:
-        assert [p for p, _ in members] == [pid], members  # uvicorn in the forked process
+        assert [p for p, _ in members] == [pid], members  # the server in the process itself
+    if launcher == "fork":
         assert "forked by the fork server" in local_provider.logs(handle, tail=200)
     assert os.getpgid(pid) == pid
-    assert any("uvicorn" in cmd for _, cmd in members), members
+    serving = "uvicorn" if server == "mlflow" else "declare.serve"
+    assert any(serving in cmd for _, cmd in members), members
     env = _environ(pid)
     assert env["MY_SETTING"] == "on"
     assert env["MLFLOW_TRACKING_URI"] == mlflow_project.tracking_uri
@@ -222,7 +231,8 @@ def test_stop_leaves_no_process_of_the_group_and_keeps_the_log(
     assert list(records.iterdir()) == []  # record removed, no temp file left behind
     logs = provider_context.state_dir / "local" / "logs"
     assert sorted(p.name for p in logs.iterdir()) == [f"{handle.id}.stopped.log"]
-    assert "Uvicorn running" in local_provider.logs(handle, tail=200)
+    started = "Uvicorn running" if server == "mlflow" else "declare.serve: serving"
+    assert started in local_provider.logs(handle, tail=200)
 
 
 def test_a_reused_pid_is_dead_and_is_never_signalled(
@@ -345,13 +355,14 @@ def test_check_passes_on_this_machine_and_the_entry_point_is_local(
 
 
 def test_check_names_what_is_missing(
-    provider_context: ProviderContext, monkeypatch: pytest.MonkeyPatch
+    provider_context: ProviderContext, monkeypatch: pytest.MonkeyPatch, server: str
 ) -> None:
     real_find_spec = importlib.util.find_spec
+    needed = "uvicorn" if server == "mlflow" else "httptools"  # the server's HTTP layer
 
     def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
-        return None if name == "uvicorn" else real_find_spec(name, package)
+        return None if name == needed else real_find_spec(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(ProviderError, match=r"missing the Python package 'uvicorn'"):
+    with pytest.raises(ProviderError, match=rf"missing the Python package '{needed}'"):
         LocalProvider(provider_context).check()

@@ -22,10 +22,11 @@ from providers.docker.image import (
     image_plan,
     requirements_for,
 )
-from providers.docker.provider import refuse_batching
+from providers.docker.provider import BATCHING_REFUSED, refuse_batching
 from providers.docker.settings import DockerSettings
 from providers.docker.workloads import gpu_runtime_problem, resources
-from tests.unit.planning_fixtures import applied, desired, plan_of
+from providers.local import LocalProvider
+from tests.unit.planning_fixtures import applied, desired, entity, plan_of
 from tests.unit.planning_fixtures import model as pf_model
 
 MLMODEL = "flavors:\n  python_function:\n    python_version: 3.11.7\n"
@@ -201,17 +202,34 @@ def test_plan_says_whether_each_build_is_cached() -> None:
 
 
 def test_a_replica_with_batching_is_refused_before_the_engine_is_asked(tmp_path: Path) -> None:
-    """MLflow's scoring server cannot batch; the Protocol has no plan-time check of an
-    entity's settings, so the refusal comes when the replica is to start (no engine needed:
-    nothing is made)."""
+    """MLflow's scoring server cannot batch: the plan refuses the entity (`entity_problems`,
+    at the `batching` field) and, should a saved plan still ask, so does the start, before
+    the engine is asked (nothing is made)."""
     provider = DockerProvider(ProviderContext("p", tmp_path, tmp_path / "state"))
     spec = ReplicaSpec("p", "iris", "iris-1", "gen", 0, pf_model(), batching=Batching(32, 2.0))
     with pytest.raises(ProviderError) as caught:
         provider.start_replica(spec)
     assert str(caught.value) == (
         "served entity iris-1 of endpoint iris: batching needs declare's replica server, which "
-        "the docker provider does not run; remove `batching` or use the local provider with "
-        "providers.local.server: declare"
+        "the docker provider does not run; remove `batching` or use the local provider (its "
+        "server is declare's by default)"
     )
     assert not (tmp_path / "state").exists()
     refuse_batching(replace(spec, batching=None))  # without batching: nothing to refuse
+
+
+def test_the_plan_refuses_batching_at_the_entity_for_docker_and_for_local_with_mlflow(
+    tmp_path: Path,
+) -> None:
+    """`entity_problems` (declare.provider.EntityChecks) is what `plan` asks before anything
+    starts: docker never batches; local batches only with its default server, declare's."""
+    batched, plain = entity(batching=Batching(32, 2.0)), entity()
+    docker = DockerProvider(ProviderContext("p", tmp_path, tmp_path / "state"))
+    assert docker.entity_problems(batched) == [("batching", BATCHING_REFUSED)]
+    assert docker.entity_problems(plain) == []
+    for server, problems in (("declare", 0), ("mlflow", 1)):
+        settings = {"server": server}
+        local = LocalProvider(ProviderContext("p", tmp_path, tmp_path / "state", settings))
+        found = local.entity_problems(batched)
+        assert len(found) == problems and local.entity_problems(plain) == []
+        assert all(f == "batching" and "providers.local.server is mlflow" in m for f, m in found)
