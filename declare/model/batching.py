@@ -4,7 +4,8 @@ With `batching`, a replica joins requests that are waiting at the same time into
 call of at most `max_batch_size` rows and splits the answers back; when requests are already
 queued, a batch waits at most `max_delay_ms` for more rows (an idle replica does not delay a
 request). Only for models whose rows are independent, and only a replica server that
-batches can honour it (which providers can is theirs to say when asked to start one).
+batches can honour it (a provider that cannot says so at plan time:
+`declare.provider.EntityChecks`).
 
 `Batching` is the value an `EntitySpec` and a `ReplicaSpec` carry; the JSON Schema checks
 the manifest's types and ranges, `batching_problems` what a schema cannot (a NaN delay).
