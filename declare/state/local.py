@@ -11,6 +11,8 @@ Writes are atomic: the new state goes to a temp file in the same folder, is fsyn
 current state is hard-linked to the backup name, the temp file replaces the state
 (`os.replace`), and the folder is fsynced. A crash (SIGKILL, power loss) at any point leaves
 either the old or the new state readable; leftover temp files are removed by the next write.
+A write that fails (ENOSPC, EIO, EACCES) removes its temp files and leaves the state file as
+it was; its StateError names the file and the reason.
 The check of serial/lineage and the replace happen under a short `flock` on the folder, so
 concurrent writers serialize even when they do not take the state lock.
 
@@ -118,13 +120,12 @@ class LocalStateBackend(StateBackend):
                 stored = self.read()
                 new = next_state(stored, doc, str(self.path))
                 data = encode_state(new, str(self.path))
-                temp = self._write_temp(STATE_FILE, data)
-                if stored is not None:
-                    self._keep_backup()
-                os.replace(temp, self.path)
-                os.fsync(dir_fd)
+                self._replace_state(data, stored is not None, dir_fd)
         except OSError as exc:
-            raise StateError(f"cannot write the state file {self.path}: {reason(exc)}") from None
+            raise StateError(
+                f"cannot write the state file {self.path}: {reason(exc)}; it still holds "
+                "the state before this write"
+            ) from None
         result: dict[str, Any] = json.loads(data)
         return result
 
@@ -196,6 +197,20 @@ class LocalStateBackend(StateBackend):
         for name in (STATE_FILE, BACKUP_FILE):
             for leftover in self.state_dir.glob(f".{name}{TEMP_MARK}*"):
                 unlink(leftover)
+
+    def _replace_state(self, data: bytes, keep_backup: bool, dir_fd: int) -> None:
+        """Write `data` to a temp file, keep the backup, replace the state file; on an
+        OSError (ENOSPC, EIO, EACCES) before the replace, remove this write's temp files and
+        raise it, the state file untouched (only called under the write mutex)."""
+        try:
+            temp = self._write_temp(STATE_FILE, data)
+            if keep_backup:
+                self._keep_backup()
+            os.replace(temp, self.path)
+        except OSError:
+            self._remove_temp_files()
+            raise
+        os.fsync(dir_fd)
 
     def _write_temp(self, final: str, data: bytes) -> Path:
         temp = temp_name(self.state_dir, final)

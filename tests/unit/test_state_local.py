@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import multiprocessing
@@ -57,6 +58,50 @@ def test_backup_holds_the_state_before_the_last_write(state_dir: Path) -> None:
     assert json.loads(backend.backup_path.read_text()) == first
     backend.write({**second, "n": 3})
     assert json.loads(backend.backup_path.read_text()) == second
+
+
+@pytest.mark.parametrize(
+    ("code", "at"),
+    [
+        (errno.ENOSPC, "write"),  # the disk filled while writing the temp file
+        (errno.EIO, "fsync"),
+        (errno.EACCES, "open"),  # the folder became read-only
+        (errno.ENOSPC, "replace"),
+    ],
+)
+def test_a_failed_write_leaves_the_last_good_state_and_no_temp_file(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, code: int, at: str
+) -> None:
+    backend = LocalStateBackend(state_dir)
+    first = backend.write({"n": 1})
+    good = backend.path.read_bytes()
+    opened = os.open
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(code, os.strerror(code))
+
+    if at == "replace":
+        monkeypatch.setattr(os, "replace", failing)
+    else:  # from the moment the temp file is opened (its open, or a write or fsync of it)
+
+        def open_temp(path: Any, *args: Any, **kwargs: Any) -> int:
+            if ".tmp-" in str(path):
+                if at == "open":
+                    failing()
+                monkeypatch.setattr(os, at, failing)
+            return opened(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", open_temp)
+    with pytest.raises(StateError) as info:
+        backend.write({**first, "n": 2})
+    monkeypatch.undo()
+    assert str(info.value) == (
+        f"cannot write the state file {backend.path}: {os.strerror(code)}; it still holds "
+        "the state before this write"
+    )
+    assert backend.path.read_bytes() == good
+    assert sorted(p.name for p in state_dir.iterdir() if ".tmp-" in p.name) == []
+    assert backend.write({**first, "n": 2})["serial"] == 2  # once it is fixed, writes go on
 
 
 def test_files_are_private_whatever_the_umask(state_dir: Path) -> None:
