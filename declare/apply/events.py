@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from declare.diff import Change
@@ -92,12 +93,22 @@ def no_hooks(event: Event) -> None:
     """Hooks that ignore every event."""
 
 
+class Serving(Enum):
+    """What a failed endpoint's traffic goes to once its undo is over."""
+
+    BEFORE = "before"  # what served before the apply (traffic never moved, or went back)
+    NEW = "new"  # the new config: the replicas it replaces had begun to stop
+    UNKNOWN = "unknown"  # traffic could not be sent back (see the undo errors)
+
+
 @dataclass(frozen=True)
 class EndpointOutcome:
     name: str
     change: Change
     ok: bool
     error: str = ""
+    serving: Serving = Serving.BEFORE  # when not ok: where its traffic goes now
+    state_error: str = ""  # the last state write of the apply that failed, if any
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ endpoint's progress, and at the end finish or undo each endpoint.
 A failing endpoint never takes the old version down: traffic moves only in `set-routes`
 (and `shift-traffic` steps), which run after every new replica answered a real prediction;
 if anything of the endpoint fails, its other actions are skipped, `rollback.undo` reverses
-what finished, and the endpoint records UPDATE_FAILED with the reason. Other endpoints go
-on. Every change to what is recorded goes through the ledger (written after each action).
+what it did (traffic back first, then the replicas it started are stopped), and the
+endpoint records UPDATE_FAILED with the reason. Other endpoints go on. Every change to what
+is recorded goes through the ledger (written after each action); a write that fails fails
+its action like any other error, and the outcome says the state file was not updated.
 
 A BaseException that is not an Exception (KeyboardInterrupt, SystemExit) is a crash: the
 walk stops at once and it propagates, with no undo, leaving the state as last written (the
@@ -25,6 +27,7 @@ from declare.apply.events import (
     ApplyResult,
     EndpointOutcome,
     Hooks,
+    Serving,
     StatusNotShown,
     no_hooks,
 )
@@ -32,6 +35,7 @@ from declare.apply.handlers import HANDLERS
 from declare.apply.ledger import Ledger
 from declare.dag import Outcome, WalkResult, walk
 from declare.diff import Change, EndpointChange
+from declare.errors import StateError
 from declare.plan.actions import Action, Plan
 from declare.project import Project
 from declare.state.document import IN_PROGRESS, NOT_UPDATING, State
@@ -138,9 +142,15 @@ class Executor:
             reason = str(why) if why else self._blocked_reason(failed, walked)
             self.ctx.fold(name, lambda p: p.failing(reason))
         if self.ctx.progress(name).failed:
-            message = rollback.undo(self.ctx, name, self.record_status)
-            return EndpointOutcome(name, change.kind, False, message)
-        self._finish(change)
+            undone = rollback.undo(self.ctx, name, self.record_status)
+            return EndpointOutcome(
+                name, change.kind, False, undone.message, undone.serving, undone.state_error
+            )
+        try:
+            self._finish(change)
+        except StateError as exc:  # it serves the new config; the record of that failed
+            message = f"applied, but its last state write failed: {exc}"
+            return EndpointOutcome(name, change.kind, False, message, Serving.NEW, str(exc))
         return EndpointOutcome(name, change.kind, True)
 
     def _finish(self, change: EndpointChange) -> None:

@@ -10,6 +10,13 @@ derived from the state (`declare.routing`), so the two never disagree for long:
     push(required, what)  push the table of the current state
     show_status()         push for the management API's status only; a failure is returned
 
+A write that fails (a full disk, EIO, a lost database) raises the backend's StateError and
+leaves the stored state as it was (the backends write atomically); `write_error` keeps its
+message until a write succeeds. Only after a switch the gateway took does the ledger keep the
+unwritten state as its own, since the gateway routes by it and every later push derives
+from it: a push of the older state would move traffic the switch moved. The next write,
+once one succeeds, records it.
+
 Not a planner: it is told what changed, by the handlers.
 """
 
@@ -37,14 +44,21 @@ class Ledger:
         self._gateway = gateway
         self._default_provider = default_provider
         self._lock = threading.RLock()
+        self.write_error: str | None = None  # the last write's failure, until one succeeds
 
     @property
     def state(self) -> State:
+        """The state as last written (or, after a switch whose write failed, as routed)."""
         return self._state
 
     def commit(self, new: State) -> None:
         with self._lock:
-            written = self._backend.write(new.to_json())
+            try:
+                written = self._backend.write(new.to_json())
+            except DeclareError as exc:
+                self.write_error = str(exc)
+                raise
+            self.write_error = None
             self._state = replace(new, serial=written["serial"], lineage=written["lineage"])
 
     def update(
@@ -71,11 +85,16 @@ class Ledger:
             self.commit(replace(self._state, runtime=runtime))
 
     def switch(self, change: Callable[[State], State], what: str) -> None:
-        """Push the table of `change(state)`; only once the gateway took it, record it."""
+        """Push the table of `change(state)`; only once the gateway took it, record it (if
+        that write fails, the ledger keeps it all the same, unwritten, and raises)."""
         with self._lock:
             candidate = change(self._state)
             self._push(candidate, required=True, what=what)
-            self.commit(candidate)
+            try:
+                self.commit(candidate)
+            except DeclareError:
+                self._state = candidate
+                raise
 
     def push(self, required: bool, what: str = "routes cannot be switched") -> None:
         with self._lock:

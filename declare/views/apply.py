@@ -34,8 +34,10 @@ from declare.apply.events import (
     ActionStarted,
     ApplyResult,
     DrainTimedOut,
+    EndpointOutcome,
     Event,
     GuardsPassed,
+    Serving,
     StatusNotShown,
     UndoFailed,
     UndoStep,
@@ -93,10 +95,30 @@ def failure_lines(result: ApplyResult) -> list[str]:
         if not o.ok:
             out.append(f"Error: endpoint.{o.name}: {o.error}")
             if o.change is not Change.DELETE:
+                out.append(f"  endpoint {o.name}: {_serving_text(o)}")
+            if o.state_error:
                 out.append(
-                    f"  endpoint {o.name} records UPDATE_FAILED; what ran before keeps serving."
+                    "  the state file still holds its last good version: the apply's last "
+                    "state write failed; once that is fixed, plan shows what is left to do."
                 )
     return out
+
+
+def _serving_text(o: EndpointOutcome) -> str:
+    """Where a failed endpoint's traffic goes, as its undo left it."""
+    recorded = "could not record UPDATE_FAILED" if o.state_error else "records UPDATE_FAILED"
+    match o.serving:
+        case Serving.BEFORE if o.change is Change.CREATE:
+            return f"{recorded}; nothing started for it is left serving."
+        case Serving.BEFORE:
+            return f"{recorded}; what ran before keeps serving."
+        case Serving.NEW:
+            return f"{recorded}; the new config serves."
+        case Serving.UNKNOWN:
+            return (
+                f"{recorded}; traffic could not be sent back to what ran before, and the "
+                "replicas it started are left running (see the undo errors above)."
+            )
 
 
 def outcome_line(result: ApplyResult, destroy: bool, elapsed: float) -> str:
