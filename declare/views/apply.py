@@ -316,7 +316,14 @@ class JsonApplyView:
                 "operation": "destroy" if destroy else "apply",
                 "counts": result.counts(),
                 "endpoints": [
-                    {"name": o.name, "change": o.change.value, "ok": o.ok, "error": o.error}
+                    {
+                        "name": o.name,
+                        "change": o.change.value,
+                        "ok": o.ok,
+                        "error": o.error,
+                        "serving": None if o.ok else o.serving.value,
+                        "state_error": o.state_error or None,
+                    }
                     for o in result.endpoints
                 ],
                 "errors": list(result.global_errors),

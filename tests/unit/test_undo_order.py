@@ -7,12 +7,15 @@ after a canary's second shift, and failures with no traffic moved at all. Second
 from __future__ import annotations
 
 import errno
+import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from declare.apply.events import UndoFailed, UndoStep
 from declare.gateway.table import RoutingTable
@@ -20,9 +23,13 @@ from declare.model import ReplicaHandle
 from declare.state import local_files
 from declare.state.document import UPDATE_FAILED
 from declare.state.local import STATE_FILE, TEMP_MARK
-from declare.views.apply import failure_lines
+from declare.views.apply import JsonApplyView, failure_lines
 from providers.fake import FakeProvider
 from tests.unit.fake_world import CANARY, World, version
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "schemas" / "apply-events.schema.json").read_text()
+)
 
 
 @dataclass
@@ -261,3 +268,18 @@ def test_routing_that_cannot_be_restored_leaves_the_new_replica_running(
     text = "\n".join(failure_lines(result))
     assert "what ran before keeps serving" not in text
     assert "traffic could not be sent back" in text
+
+
+def test_the_json_outcome_says_where_traffic_goes_and_that_the_state_was_not_written(
+    world: World, effects: Effects, disk: FullDisk
+) -> None:
+    world.apply(version("1"))
+    fill_when_routed(world, effects, disk, "iris-2", 100)
+    result = world.apply(version("2"))
+    out = io.StringIO()
+    JsonApplyView(out).outcome(result, False, 1.0, {})
+    line = json.loads(out.getvalue().splitlines()[-1])
+    assert not list(Draft202012Validator(SCHEMA).iter_errors(line))
+    (endpoint,) = line["endpoints"]
+    assert endpoint["serving"] == "before"
+    assert "No space left on device" in endpoint["state_error"]
