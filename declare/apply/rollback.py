@@ -4,7 +4,8 @@ request to a replica that is stopped:
 1. traffic first: if a traffic switch or shift began (finished or not: its push may have
    reached the gateway before its state write failed), one push of the routing table sends
    all traffic back to what served before (the record snapshotted before traffic first
-   moved), and only then is it recorded;
+   moved), with every replica this apply started out of rotation (a scale-up's new replica
+   serves an entity that stays routed), and only then is it recorded;
 2. then the replicas its starts made, newest first (also one whose start returned but whose
    recording failed, so none is left running unrecorded). If traffic could not be sent back
    while a gateway runs, they are left running, since it may still route to them: the undo
@@ -72,21 +73,34 @@ def _begun(progress: Progress, kind: type[StartReplica | SetRoutes | ShiftTraffi
 
 
 def _send_traffic_back(ctx: ApplyContext, name: str, progress: Progress) -> Serving:
-    """One push of the table that routes as before traffic first moved, then its record."""
+    """One push of the table that routes as before traffic first moved, with the replicas
+    this apply started out of rotation, then its record; none when no table can reach them
+    (traffic never moved, and none of them is ready)."""
     moves = _begun(progress, SetRoutes) + _begun(progress, ShiftTraffic)
-    old = progress.snapshot
-    if not moves or old is None:
-        return Serving.BEFORE  # traffic never moved
-    action = max(moves, key=progress.ran.index)  # the newest move
-    ctx.emit(UndoStep(action, "all traffic back to what served before"))
+    old = progress.snapshot if moves else None
+    started = {h.id for h in progress.handles.values()}
+    current = ctx.ledger.state.endpoints.get(name)
+    in_rotation = current is not None and any(x.ready for x in current.replicas if x.id in started)
+    if old is None and not in_rotation:
+        return Serving.BEFORE  # no table routes to what it started
+    if old is not None:
+        action = max(moves, key=progress.ran.index)  # the newest move
+        what = "all traffic back to what served before"
+    else:
+        action = _begun(progress, StartReplica)[-1]
+        what = "the replicas it started out of rotation"
+    ctx.emit(UndoStep(action, what))
 
     def restored(state: State) -> State:
-        return state.with_endpoint(_restored(state.endpoint(name, old.provider), old))
+        record = state.endpoint(name, ctx.provider_of(name))
+        if old is not None:
+            record = _restored(record, old)
+        return state.with_endpoint(_out_of_rotation(record, started))
 
     try:
         ctx.ledger.switch(restored, "traffic cannot be sent back")
     except StateError as exc:  # pushed, not recorded
-        ctx.emit(UndoFailed(action, f"traffic went back, but it is not recorded: {exc}"))
+        ctx.emit(UndoFailed(action, f"{what}, but not recorded: {exc}"))
     except Exception as exc:
         ctx.emit(UndoFailed(action, str(exc)))
         return Serving.UNKNOWN
@@ -138,6 +152,14 @@ def _restored(current: EndpointRecord, old: EndpointRecord) -> EndpointRecord:
         serving=old.serving,
         split=old.split,
         replicas=tuple(_flagged(x, flags) for x in current.replicas),
+    )
+
+
+def _out_of_rotation(record: EndpointRecord, ids: set[str]) -> EndpointRecord:
+    """`record` with the replicas `ids` not ready: no table routes to them."""
+    return replace(
+        record,
+        replicas=tuple(replace(x, ready=False) if x.id in ids else x for x in record.replicas),
     )
 
 

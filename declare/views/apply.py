@@ -116,8 +116,8 @@ def _serving_text(o: EndpointOutcome) -> str:
             return f"{recorded}; the new config serves."
         case Serving.UNKNOWN:
             return (
-                f"{recorded}; traffic could not be sent back to what ran before, and the "
-                "replicas it started are left running (see the undo errors above)."
+                f"{recorded}; traffic could not be sent back to what ran before (the undo "
+                "errors above say why, and which replicas are left running)."
             )
 
 

@@ -189,6 +189,28 @@ def test_a_state_write_failing_after_a_canary_shift_sends_all_traffic_back_first
     assert_last_good_state(world, disk)
 
 
+def test_a_scale_up_whose_switch_is_not_recorded_takes_the_new_replica_out_first(
+    world: World, effects: Effects, disk: FullDisk
+) -> None:
+    world.apply(version("1"))
+    old = world.provider.alive_ids()
+
+    def pushed(table: RoutingTable) -> None:
+        effects.pushed(table)
+        if len(effects.targets) == 2:  # the new replica takes iris-1's traffic too
+            disk.fill()
+
+    effects.log.clear()
+    world.gateway.on_put = pushed
+    result = world.apply(version("1", size="Medium"))
+    assert not result.ok and "No space left on device" in result.endpoints[0].error
+    assert effects.violations == []
+    assert effects.kinds()[-1] == "stop"
+    assert world.provider.alive_ids() == old
+    assert {t for t in effects.targets} == set(old)
+    assert_last_good_state(world, disk)
+
+
 @pytest.mark.parametrize("step", [1, 2, 3])
 def test_a_guard_trip_restores_routing_before_it_stops_the_new_replica(
     world: World, effects: Effects, step: int
@@ -267,7 +289,7 @@ def test_routing_that_cannot_be_restored_leaves_the_new_replica_running(
     assert any(isinstance(e, UndoFailed) and "left running" in e.error for e in world.events)
     text = "\n".join(failure_lines(result))
     assert "what ran before keeps serving" not in text
-    assert "traffic could not be sent back" in text
+    assert "traffic could not be sent back to what ran before" in text
 
 
 def test_the_json_outcome_says_where_traffic_goes_and_that_the_state_was_not_written(
