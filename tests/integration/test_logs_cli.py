@@ -5,6 +5,7 @@ and an unknown endpoint's error. Each test is bounded and destroys what it appli
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -72,6 +73,20 @@ def test_follow_prints_the_lines_a_request_causes(cli_project: CliProject) -> No
         out, errors = follower.communicate(timeout=30)
     assert follower.returncode == 0, out + errors
     assert "POST /invocations" in out, out
+    assert "Traceback" not in errors
+
+    # Unbounded, it ends at Ctrl-C (SIGINT to the process this test started), exit 0.
+    with subprocess.Popen(
+        cli_project.argv("logs", "iris", "-f"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_project.env(),
+    ) as unbounded:
+        time.sleep(2.0)
+        unbounded.send_signal(signal.SIGINT)
+        out, errors = unbounded.communicate(timeout=30)
+    assert unbounded.returncode == 0, out + errors
     assert "Traceback" not in errors
 
 

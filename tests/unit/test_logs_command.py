@@ -4,13 +4,16 @@ grows, and `--follow` picking up a replica that starts later."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from declare import procs
-from declare.commands.logs import Follower, split_positionals, stopped_header
+from declare.commands.logs import Follower, show, split_positionals, stopped_header
+from declare.errors import ConfigError
 from declare.model import ReplicaHandle
+from declare.project import open_project
 from declare.provider import LogFollowing, ProviderContext, StoppedLog, StoppedLogs
 from providers.local import LocalProvider
 
@@ -126,3 +129,21 @@ def test_follow_prints_new_lines_and_picks_up_a_replacement(
 def test_stopped_log_header_without_a_time() -> None:
     log = StoppedLog("iris-iris-1-aaaaaa", "iris-1", None, "")
     assert stopped_header(log) == "==> iris-iris-1-aaaaaa (iris-1), stopped <=="
+
+
+def test_an_endpoint_the_state_lacks_shows_its_kept_logs_or_lists_the_known(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = open_project(tmp_path)  # no declare.yaml, no state yet: the local provider
+    local = project.provider("local")
+    assert isinstance(local, LocalProvider)
+    labels = {"declare.project": project.name}
+    handle = _handle("iris-iris-1-aaaaaa", "iris", "iris-1", local.logs_dir / "x.log")
+    handle = replace(handle, data={**handle.data, "labels": labels})
+    _stop(local, handle, "RuntimeError: model cannot load\n")
+    assert show(project, "iris", None, 10) == []
+    out = capsys.readouterr().out
+    assert "==> iris-iris-1-aaaaaa (iris-1), stopped at " in out
+    assert "RuntimeError: model cannot load" in out
+    with pytest.raises(ConfigError, match=r"no endpoint 'nope' .*endpoints: none"):
+        show(project, "nope", None, 10)
