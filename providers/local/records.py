@@ -5,9 +5,8 @@ holds the labels (project, endpoint, entity, generation, index), the process ide
 start time from /proc), the port, the log path and the pinned model URI: enough to list
 every replica without the state file and to build its handle. Logs live beside, in
 `state_dir/local/logs/<replica id>.log`, renamed `<replica id>.stopped.log` once stopped,
-with a sidecar `<replica id>.stopped.json` (project, endpoint, entity, stop time) that tells
-whose log it is once the record is gone (`stopped_logs`; endpoint names may hold '-', so
-the id alone cannot say).
+with a sidecar `<replica id>.stopped.json` (`providers._shared.record_stopped`) that tells
+whose log it is once the record is gone.
 
 What it does not do: start, inspect or signal processes (`providers.local.launch`,
 `declare.procs`), or decide which records belong to the project (the provider filters).
@@ -18,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,15 @@ from typing import Any
 from declare import procs
 from declare.errors import ProviderError
 from declare.model import ReplicaHandle
-from providers._shared import exclusive, handle_from_labels
+from providers._shared import (
+    StoppedRecord,
+    exclusive,
+    handle_from_labels,
+    record_stopped,
+    stopped_records,
+)
 
-__all__ = ["PROVIDER_NAME", "RECORD_FORMAT", "ReplicaRecord", "ReplicaRecords", "StoppedRecord"]
+__all__ = ["PROVIDER_NAME", "RECORD_FORMAT", "ReplicaRecord", "ReplicaRecords"]
 
 PROVIDER_NAME = "local"
 RECORD_FORMAT = 1
@@ -107,36 +111,6 @@ class ReplicaRecord:
         )
 
 
-@dataclass(frozen=True)
-class StoppedRecord:
-    """Whose a kept `<id>.stopped.log` is: its sidecar `<id>.stopped.json`."""
-
-    id: str
-    project: str
-    endpoint: str
-    entity: str
-    stopped_at: float
-    log: Path
-
-    @classmethod
-    def read(cls, sidecar: Path) -> StoppedRecord | None:
-        """The sidecar's record; None when it is unreadable or its log is gone."""
-        try:
-            data = json.loads(sidecar.read_text())
-            replica_id = sidecar.name.removesuffix(".stopped.json")
-            record = cls(
-                id=replica_id,
-                project=str(data["project"]),
-                endpoint=str(data["endpoint"]),
-                entity=str(data["entity"]),
-                stopped_at=float(data["stopped_at"]),
-                log=sidecar.with_name(f"{replica_id}.stopped.log"),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return record if record.log.exists() else None
-
-
 class ReplicaRecords:
     """The record and log folders under `root` (state_dir/local), and the lock guarding them."""
 
@@ -190,21 +164,11 @@ class ReplicaRecords:
         if log_path.exists():
             stopped = self.stopped_log_of(handle)
             os.replace(log_path, stopped)
-            sidecar = {
-                "project": str(handle.data.get("labels", {}).get("declare.project", "")),
-                "endpoint": handle.endpoint,
-                "entity": handle.entity,
-                "stopped_at": time.time(),
-            }
-            with contextlib.suppress(OSError):  # the log is kept either way
-                stopped.with_name(f"{handle.id}.stopped.json").write_text(json.dumps(sidecar))
+            record_stopped(stopped.parent, handle)
 
     def stopped(self) -> list[StoppedRecord]:
         """Every kept log of a stopped replica that has a sidecar, newest stop first."""
-        if not self.logs_dir.is_dir():
-            return []
-        found = [StoppedRecord.read(p) for p in self.logs_dir.glob("*.stopped.json")]
-        return sorted((r for r in found if r), key=lambda r: r.stopped_at, reverse=True)
+        return stopped_records(self.logs_dir, lambda rid: self.logs_dir / f"{rid}.stopped.log")
 
     def log_of(self, handle: ReplicaHandle) -> Path:
         """The log its handle names (the default place for handles that name none)."""

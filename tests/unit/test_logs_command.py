@@ -15,6 +15,7 @@ from declare.errors import ConfigError
 from declare.model import ReplicaHandle
 from declare.project import open_project
 from declare.provider import LogFollowing, ProviderContext, StoppedLog, StoppedLogs
+from providers.docker.containers import Containers
 from providers.local import LocalProvider
 
 
@@ -147,3 +148,17 @@ def test_an_endpoint_the_state_lacks_shows_its_kept_logs_or_lists_the_known(
     assert "RuntimeError: model cannot load" in out
     with pytest.raises(ConfigError, match=r"no endpoint 'nope' .*endpoints: none"):
         show(project, "nope", None, 10)
+
+
+class _Container:
+    def logs(self) -> bytes:
+        return b"mlflow started\nRuntimeError: model cannot load\n"
+
+
+def test_the_docker_provider_keeps_a_removed_containers_log_by_endpoint(tmp_path: Path) -> None:
+    containers = Containers(None, "proj", "127.0.0.1", tmp_path / "logs")
+    handle = _handle("iris-iris-1-aaaaaa", "iris", "iris-1", tmp_path / "unused.log")
+    containers._save_log(handle, _Container())
+    (kept,) = containers.stopped_logs("iris", "iris-1", tail=1)
+    assert (kept.replica_id, kept.text) == (handle.id, "RuntimeError: model cannot load")
+    assert containers.stopped_logs("iris-x", None, tail=1) == []
