@@ -103,32 +103,26 @@ def _running(project: Project, endpoint: str, entity: str | None) -> list[Replic
 
 def show(project: Project, endpoint: str, entity: str | None, tail: int) -> list[ReplicaHandle]:
     """Print the events and logs of `endpoint`; return the handles of the replicas shown
-    as running (where `--follow` reads on)."""
+    as running (where `--follow` reads on). Errors are raised before anything is printed."""
     state = project.read_state()
     ep = state.endpoints.get(endpoint)
-    if ep is not None:
-        events = [ev for ev in ep.events if entity is None or ev.entity == entity]
-        if events:
-            echo("==> runtime events <==")
-            for ev in events[-tail:] if tail > 0 else []:
-                echo(f"{utc(ev.at)} {ev.entity} {ev.kind}: {ev.detail}")
-        if ep.config_update == UPDATE_FAILED and ep.message:
-            echo(f"(the last apply of {endpoint!r} failed: {ep.message})")
     replicas = [r for r in (ep.replicas if ep else ()) if entity is None or r.entity == entity]
-    for rep in replicas:
-        echo(f"==> {rep.id} ({rep.entity}) <==")
-        echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
-    if replicas:
-        return [r.handle for r in replicas]
-    providers = _providers_for(project, ep)
-    stopped = _stopped(providers, endpoint, entity, tail)
+    providers = [] if replicas else _providers_for(project, ep)
+    stopped = [] if replicas else _stopped(providers, endpoint, entity, tail)
     if ep is None and not stopped:
         known = ", ".join(sorted(state.endpoints)) or "none"
         raise ConfigError(
             f"no endpoint {endpoint!r} in the state, and no kept log of one; endpoints: {known}"
         )
-    if ep is not None and entity is not None and not stopped and not _knows(ep, entity):
+    if ep is not None and entity is not None and not (replicas or stopped or _knows(ep, entity)):
         raise _entity_error(ep, endpoint, entity)
+    if ep is not None:
+        _show_events(ep, endpoint, entity, tail)
+    for rep in replicas:
+        echo(f"==> {rep.id} ({rep.entity}) <==")
+        echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
+    if replicas:
+        return [r.handle for r in replicas]
     what = repr(entity or endpoint)
     if not stopped:
         without = _keeps_no_stopped_logs(providers)
@@ -142,6 +136,17 @@ def show(project: Project, endpoint: str, entity: str | None, tail: int) -> list
         echo(stopped_header(log))
         echo(log.text)
     return []
+
+
+def _show_events(ep: EndpointRecord, endpoint: str, entity: str | None, tail: int) -> None:
+    events = [ev for ev in ep.events if entity is None or ev.entity == entity]
+    if events and tail > 0:
+        echo("==> runtime events <==")
+        for ev in events[-tail:]:
+            echo(f"{utc(ev.at)} {ev.entity} {ev.kind}: {ev.detail}")
+    if ep.config_update == UPDATE_FAILED and ep.message:
+        first = ep.message.splitlines()[0]  # its log follows below
+        echo(f"(the last apply of {endpoint!r} failed: {first})")
 
 
 @dataclass

@@ -99,6 +99,10 @@ def test_an_unknown_endpoint_says_so_and_lists_the_known(cli_project: CliProject
     assert "no endpoint 'nope'" in shown.stderr
     assert "endpoints: iris" in shown.stderr
     assert "Traceback" not in shown.stderr
+    entity = cli_project.declare("logs", "iris", "nope-1")
+    assert entity.returncode == 1
+    assert "has no served entity 'nope-1'; known: iris-1" in entity.stderr
+    assert entity.stdout == ""
     # The deprecated -C still names the project folder.
     old = cli_project.cli("logs", "iris", "-C", str(cli_project.folder), "--tail", "3")
     assert old.returncode == 0, old.stdout + old.stderr
