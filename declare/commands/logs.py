@@ -151,12 +151,16 @@ def _show_events(ep: EndpointRecord, endpoint: str, entity: str | None, tail: in
 
 @dataclass
 class Follower:
-    """Reads on the logs of the replicas that run now, each from where it was last read."""
+    """Reads on the logs of the replicas that run now, each from where it was last read; a
+    header names the replica whenever the lines printed come from another one than before,
+    and a replica that stopped meanwhile has its last lines printed once."""
 
     running: Callable[[], list[ReplicaHandle]]
     provider_of: Callable[[ReplicaHandle], Provider]
     offsets: dict[str, int] = field(default_factory=dict)
+    followed: dict[str, ReplicaHandle] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)
+    last: str | None = None  # the replica whose lines were printed last
 
     def start(self, shown: Iterable[ReplicaHandle]) -> None:
         """Read on from the end of the logs just shown (their tail is already printed)."""
@@ -164,23 +168,41 @@ class Follower:
             provider = self.provider_of(handle)
             if isinstance(provider, LogFollowing):
                 self.offsets[handle.id] = provider.log_size(handle)
+                self.followed[handle.id] = handle
+            self.last = handle.id
 
     def poll(self) -> None:
         """Print what each running replica's log gained; a new replica from its start."""
-        for handle in self.running():
+        now = self.running()
+        for gone in [h for i, h in self.followed.items() if i not in {n.id for n in now}]:
+            self._read(gone, " (stopped)")
+            del self.followed[gone.id]
+        for handle in now:
             provider = self.provider_of(handle)
             if not isinstance(provider, LogFollowing):
                 if provider.name not in self.unsupported:
                     self.unsupported.add(provider.name)
                     echo(f"(provider {provider.name} cannot follow logs; shown once above)")
                 continue
-            if handle.id not in self.offsets:
-                echo(f"==> {handle.id} ({handle.entity}), started <==")
-            text, self.offsets[handle.id] = provider.log_since(
-                handle, self.offsets.get(handle.id, 0)
-            )
-            if text:
-                typer.echo(text, nl=False)
+            if handle.id not in self.followed:
+                self.followed[handle.id] = handle
+                self.offsets.setdefault(handle.id, 0)
+                self._header(handle, ", started")
+            self._read(handle, "")
+
+    def _read(self, handle: ReplicaHandle, note: str) -> None:
+        provider = self.provider_of(handle)
+        if not isinstance(provider, LogFollowing):
+            return
+        text, self.offsets[handle.id] = provider.log_since(handle, self.offsets[handle.id])
+        if text:
+            if self.last != handle.id:
+                self._header(handle, note)
+            typer.echo(text, nl=False)
+
+    def _header(self, handle: ReplicaHandle, note: str) -> None:
+        echo(f"==> {handle.id} ({handle.entity}){note} <==")
+        self.last = handle.id
 
     def run(self, seconds: float | None) -> None:
         """Poll until Ctrl-C or `seconds` (None: no bound)."""

@@ -68,9 +68,11 @@ def test_follow_prints_the_lines_a_request_causes(cli_project: CliProject) -> No
         text=True,
         env=cli_project.env(),
     ) as follower:
-        time.sleep(1.5)
+        assert follower.stdout is not None
+        first = follower.stdout.readline()  # the replica's header: it reads the logs now
         assert cli_project.predict().status_code == 200
         out, errors = follower.communicate(timeout=30)
+        out = first + out
     assert follower.returncode == 0, out + errors
     assert "POST /invocations" in out, out
     assert "Traceback" not in errors
@@ -83,7 +85,9 @@ def test_follow_prints_the_lines_a_request_causes(cli_project: CliProject) -> No
         text=True,
         env=cli_project.env(),
     ) as unbounded:
-        time.sleep(2.0)
+        assert unbounded.stdout is not None
+        unbounded.stdout.readline()  # it printed: past its imports, showing or following
+        time.sleep(1.0)
         unbounded.send_signal(signal.SIGINT)
         out, errors = unbounded.communicate(timeout=30)
     assert unbounded.returncode == 0, out + errors

@@ -126,6 +126,19 @@ def test_follow_prints_new_lines_and_picks_up_a_replacement(
     assert out == "later\n==> iris-iris-2-bbbbbb (iris-2), started <==\ndeclare.serve: serving\n"
     assert "shown already" not in out
 
+    # The old replica stops: its last lines once, under its name, then only the new one's.
+    provider.text[old.id] += "stopping\n"
+    provider.text[new.id] += "POST /invocations\n"
+    running.remove(old)
+    follower.poll()
+    assert capsys.readouterr().out == (
+        "==> iris-iris-1-aaaaaa (iris-1) (stopped) <==\nstopping\n"
+        "==> iris-iris-2-bbbbbb (iris-2) <==\nPOST /invocations\n"
+    )
+    provider.text[old.id] += "never shown\n"
+    follower.poll()
+    assert capsys.readouterr().out == ""
+
 
 def test_stopped_log_header_without_a_time() -> None:
     log = StoppedLog("iris-iris-1-aaaaaa", "iris-1", None, "")
