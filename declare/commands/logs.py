@@ -62,7 +62,7 @@ def _providers_for(project: Project, ep: EndpointRecord | None) -> list[Provider
     for name in names:
         try:
             found.append(project.provider(name))
-        except DeclareError:
+        except (DeclareError, ImportError):
             continue  # not installed or not usable here: it kept nothing we could read
     return found
 
