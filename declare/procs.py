@@ -186,4 +186,24 @@ def log_tail(path: Path, lines: int = 30) -> str:
             text = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+def log_since(path: Path, offset: int, limit: int = 1024 * 1024) -> tuple[str, int]:
+    """The whole lines of `path` after byte `offset` (at most about `limit` bytes), and the
+    offset to read on from. A file shorter than `offset` was replaced: read it from 0."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return "", offset
+    end = data.rfind(b"\n") + 1
+    if end == 0 and len(data) < limit:
+        return "", offset  # a line still being written
+    if end == 0:
+        end = len(data)  # one line longer than `limit`: give what there is
+    return data[:end].decode("utf-8", "replace"), offset + end

@@ -130,6 +130,40 @@ class HelperProcesses(Protocol):
         """Stop this project's helper processes; replicas are not touched. Idempotent."""
 
 
+@dataclass(frozen=True)
+class StoppedLog:
+    """The log a provider kept of one replica it stopped."""
+
+    replica_id: str
+    entity: str
+    stopped_at: float | None  # epoch seconds, when the provider knows it
+    text: str  # its last lines
+
+
+@runtime_checkable
+class StoppedLogs(Protocol):
+    """Optional: a provider that keeps the logs of the replicas it stopped (replaced, scaled
+    in, or undone by a failed apply) can list them by endpoint. `declare logs` shows them
+    when no replica of the endpoint (or entity) is recorded, or runs now."""
+
+    def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
+        """The kept logs of `endpoint`'s stopped replicas (of `entity`, unless None), the
+        last `tail` lines of each, newest stop first."""
+
+
+@runtime_checkable
+class LogFollowing(Protocol):
+    """Optional: a provider whose running replicas' logs can be read on as they grow
+    (`declare logs --follow`)."""
+
+    def log_size(self, handle: ReplicaHandle) -> int:
+        """How many bytes the replica's log holds now (0 when it has none yet)."""
+
+    def log_since(self, handle: ReplicaHandle, offset: int) -> tuple[str, int]:
+        """The log's text after byte `offset` (whole lines only) and the offset to read on
+        from; ('', offset) when nothing new was written."""
+
+
 def load_provider(name: str, context: ProviderContext) -> Provider:
     """Instantiate the provider registered under `name` in the entry-point group."""
     for ep in entry_points(group="declare.providers"):

@@ -12,6 +12,9 @@ Provider Protocol (`declare.provider`), not copied into each plugin.
 - Replica handles: `handle_from_labels` builds a `ReplicaHandle` from the `declare.*` labels
   a provider recorded; `check_owner` refuses another provider's handle.
 - Death reasons: `last_error_line` of a replica's log, `death_reason` appending it.
+- Kept logs of stopped replicas: `record_stopped` writes a sidecar `<id>.stopped.json`
+  (project, endpoint, entity, stop time) beside the kept log, `stopped_records` reads them
+  back newest first (endpoint names may hold '-', so a replica id alone cannot say whose).
 - Model sources: `is_local_source`, `local_source_path` (a path or a file: URI).
 
 What it does not do: start, inspect or stop anything; it knows no process, container or
@@ -23,11 +26,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import re
 import secrets
 import threading
+import time
 import urllib.parse
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ from declare.model import (
 )
 
 __all__ = [
+    "StoppedRecord",
     "check_owner",
     "death_reason",
     "exclusive",
@@ -52,8 +59,10 @@ __all__ = [
     "loopback_host",
     "new_replica_id",
     "pick_port",
+    "record_stopped",
     "replica_concurrency_setting",
     "sanitize_id",
+    "stopped_records",
     "where_of",
 ]
 
@@ -184,6 +193,62 @@ def death_reason(reason: str, log: str) -> str:
     """`reason` followed by the last error line of the replica's `log`, when it has one."""
     error = last_error_line(log)
     return f"{reason}: {error}" if error else reason
+
+
+# -- kept logs of stopped replicas ------------------------------------------------------------
+
+_STOPPED = ".stopped.json"
+
+
+@dataclass(frozen=True)
+class StoppedRecord:
+    """Whose a kept log is, from its sidecar `<id>.stopped.json`."""
+
+    id: str
+    project: str
+    endpoint: str
+    entity: str
+    stopped_at: float
+    log: Path
+
+
+def record_stopped(logs_dir: Path, handle: ReplicaHandle) -> None:
+    """Write the sidecar of `handle`'s kept log (best effort: the log is kept either way)."""
+    labels = handle.data.get("labels")
+    project = labels.get("declare.project", "") if isinstance(labels, Mapping) else ""
+    sidecar = {
+        "project": str(project),
+        "endpoint": handle.endpoint,
+        "entity": handle.entity,
+        "stopped_at": time.time(),
+    }
+    with contextlib.suppress(OSError):
+        (logs_dir / f"{handle.id}{_STOPPED}").write_text(json.dumps(sidecar))
+
+
+def stopped_records(logs_dir: Path, log_of: Callable[[str], Path]) -> list[StoppedRecord]:
+    """Every sidecar in `logs_dir` whose kept log (`log_of(replica id)`) is still there,
+    newest stop first; unreadable sidecars are passed over."""
+    if not logs_dir.is_dir():
+        return []
+    found: list[StoppedRecord] = []
+    for sidecar in logs_dir.glob(f"*{_STOPPED}"):
+        replica_id = sidecar.name.removesuffix(_STOPPED)
+        try:
+            data = json.loads(sidecar.read_text())
+            record = StoppedRecord(
+                id=replica_id,
+                project=str(data["project"]),
+                endpoint=str(data["endpoint"]),
+                entity=str(data["entity"]),
+                stopped_at=float(data["stopped_at"]),
+                log=log_of(replica_id),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.log.exists():
+            found.append(record)
+    return sorted(found, key=lambda r: r.stopped_at, reverse=True)
 
 
 # -- model sources -----------------------------------------------------------------------------

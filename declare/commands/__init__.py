@@ -15,6 +15,7 @@ import typer
 MODULES: tuple[str, ...] = (
     "core",
     "inspect",
+    "logs",
     "fmt",
     "graph",
     "importer",

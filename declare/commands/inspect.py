@@ -1,5 +1,6 @@
 """Commands that read what declare recorded and what runs: show, status, state list/show,
-force-unlock, logs. They change nothing but a stuck lock (force-unlock)."""
+force-unlock (`logs` is `declare.commands.logs`). They change nothing but a stuck lock
+(force-unlock)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from declare.commands._common import output_format as plan_view
 from declare.errors import ConfigError
 from declare.plan import saved
 from declare.project import open_project
-from declare.state.scaling import utc
 from declare.views.status import state_lines, status_json, status_lines
 
 
@@ -128,43 +128,9 @@ def force_unlock(
     echo(f"declare state has been successfully unlocked (lock {lock_id}).")
 
 
-def logs(
-    endpoint: Annotated[str, typer.Argument(help="Endpoint name.")],
-    entity: Annotated[str | None, typer.Argument(help="Served entity name (default: all).")] = None,
-    project_dir: Annotated[Path, typer.Option("--project", "-C", help="Project folder.")] = Path(
-        "."
-    ),
-    tail: Annotated[int, typer.Option("--tail", help="Lines per replica.")] = 50,
-) -> None:
-    """Show the runtime's events of an endpoint (replacements, crash loops, scaling) and the
-    logs of its replicas."""
-    project = open_project(project_dir)
-    state = project.read_state()
-    ep = state.endpoints.get(endpoint)
-    if ep is None:
-        known = ", ".join(sorted(state.endpoints)) or "none"
-        raise ConfigError(f"no endpoint {endpoint!r} in the state; endpoints: {known}")
-    names = {e.name for e in ep.spec.entities} if ep.spec else set()
-    if entity is not None and entity not in names and all(r.entity != entity for r in ep.replicas):
-        known = ", ".join(sorted(names)) or "none"
-        raise ConfigError(f"endpoint {endpoint!r} has no served entity {entity!r}; known: {known}")
-    events = [ev for ev in ep.events if entity is None or ev.entity == entity]
-    if events:
-        echo("==> runtime events <==")
-        for ev in events[-tail:]:
-            echo(f"{utc(ev.at)} {ev.entity} {ev.kind}: {ev.detail}")
-    replicas = [r for r in ep.replicas if entity is None or r.entity == entity]
-    if not replicas:
-        echo(f"(no replica of {entity or endpoint!r} runs now)")
-    for rep in replicas:
-        echo(f"==> {rep.id} ({rep.entity}) <==")
-        echo(project.provider(rep.handle.provider).logs(rep.handle, tail))
-
-
 def register(app: typer.Typer, state_app: typer.Typer) -> None:
     app.command()(show)
     app.command()(status)
     state_app.command("list")(state_list)
     state_app.command("show")(state_show)
     app.command("force-unlock")(force_unlock)
-    app.command()(logs)

@@ -10,7 +10,8 @@ GPU workload, a device request (`providers.docker.workloads`); an init as PID 1 
 SIGTERM on to the server.
 
 Stopping is `docker stop` (SIGTERM, the grace period, SIGKILL); the container's log is then
-kept in `state_dir/docker/logs/<replica id>.log` and the container removed.
+kept in `state_dir/docker/logs/<replica id>.log`, with a sidecar saying whose it is
+(`providers._shared.record_stopped`; `stopped_logs` lists them), and the container removed.
 
 What it does not do: choose the image (`providers.docker.image`), place the model's
 artifacts (`providers.docker.artifacts`), or decide when to start or stop (the core).
@@ -26,12 +27,15 @@ from typing import Any
 from declare import procs
 from declare.errors import ProviderError
 from declare.model import ReplicaHandle, ReplicaSpec
+from declare.provider import StoppedLog
 from providers._shared import (
     DEATH_LOG_LINES,
     check_owner,
     death_reason,
     handle_from_labels,
+    record_stopped,
     sanitize_id,
+    stopped_records,
 )
 from providers.docker.artifacts import MODEL_DIR, model_tar
 from providers.docker.engine import Engine
@@ -259,3 +263,15 @@ class Containers:
             path = self._log_path(handle)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(raw)
+            record_stopped(self.logs_dir, handle)
+
+    def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
+        """The kept logs of this project's removed replicas of `endpoint` (and `entity`),
+        newest first: those saved at a stop, each with its sidecar."""
+        return [
+            StoppedLog(r.id, r.entity, r.stopped_at, procs.log_tail(r.log, tail))
+            for r in stopped_records(self.logs_dir, lambda rid: self.logs_dir / f"{rid}.log")
+            if r.project == self.project
+            and r.endpoint == endpoint
+            and (entity is None or r.entity == entity)
+        ]

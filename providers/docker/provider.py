@@ -5,9 +5,10 @@ host networking on its own loopback port, labelled so that `list_owned()` finds 
 replica of the project on the engine without the state file (`containers`); the model's
 artifacts are mounted read-only at /model, or copied in for an engine on another machine
 (`artifacts`). Stopping is graceful: the core drains the replica first; then `docker stop`,
-the container's log is kept in `state_dir/docker/logs/<id>.log`, and the container is
-removed. `prune_images()` removes the images this project's replicas used that no container
-on the engine uses any more (`declare destroy --prune-images`, from `image_record`).
+the container's log is kept in `state_dir/docker/logs/<id>.log` (with a sidecar:
+`stopped_logs` lists them by endpoint), and the container is removed. `prune_images()`
+removes the images this project's replicas used that no container on the engine uses any
+more (`declare destroy --prune-images`, from `image_record`).
 
 This module only puts those parts together behind the Provider Protocol; the engine's
 errors become ProviderErrors in one place (`errors`).
@@ -16,7 +17,8 @@ What it does not do: readiness (the core probes /invocations over HTTP), pulling
 other than the base image, scheduling across several engines (the gpu-hosts provider),
 micro-batching: MLflow's scoring server cannot batch, so a replica whose served entity has
 `batching` is refused when asked to start (`refuse_batching`; the Provider Protocol has no
-plan-time check of a served entity's settings).
+plan-time check of a served entity's settings), following a running container's log
+(`declare logs --follow` shows it once).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from declare.errors import ProviderError
 from declare.model import EntitySpec, ReplicaHandle, ReplicaSpec, ResolvedModel
-from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
+from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus, StoppedLog
 from providers._shared import exclusive, new_replica_id, pick_port, where_of
 from providers.docker import image as images
 from providers.docker.artifacts import ModelArtifacts, model_mounts
@@ -229,3 +231,7 @@ class DockerProvider:
     def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
         """The container's last `tail` log lines (the kept log once it was removed)."""
         return self.containers.logs(handle, tail)
+
+    def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
+        """`declare.provider.StoppedLogs`: the logs kept of removed replica containers."""
+        return self.containers.stopped_logs(endpoint, entity, tail)

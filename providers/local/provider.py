@@ -18,7 +18,9 @@ zombie: a PID the kernel reused is never mistaken for a replica, and `stop_repli
 signals it.
 
 Stopping signals the whole process group (SIGTERM, grace, SIGKILL), removes the record and
-keeps the log, renamed to `<replica id>.stopped.log`.
+keeps the log, renamed to `<replica id>.stopped.log` (with a sidecar saying whose it is:
+`stopped_logs` lists them by endpoint). `log_size` / `log_since` read a running replica's
+log on as it grows (`declare logs --follow`).
 
 What it does not do: readiness (the core probes `/invocations`), GPUs (`workload_type` other
 than CPU is refused: GPU workloads need the docker or gpu-hosts provider), building model
@@ -39,7 +41,7 @@ from pathlib import Path
 from declare import procs
 from declare.errors import ProviderError
 from declare.model import EntitySpec, ReplicaHandle, ReplicaSpec, ResolvedModel
-from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus
+from declare.provider import BuildInfo, Liveness, ProviderContext, ReplicaStatus, StoppedLog
 from providers._shared import (
     DEATH_LOG_LINES,
     check_owner,
@@ -187,6 +189,28 @@ class LocalProvider:
             log_path = self.records.stopped_log_of(handle)
         return procs.log_tail(log_path, tail)
 
+    def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
+        """`declare.provider.StoppedLogs`: the kept logs of this project's stopped replicas
+        of `endpoint` (and `entity`), newest stop first."""
+        return [
+            StoppedLog(r.id, r.entity, r.stopped_at, procs.log_tail(r.log, tail))
+            for r in self.records.stopped()
+            if r.project == self.context.project
+            and r.endpoint == endpoint
+            and (entity is None or r.entity == entity)
+        ]
+
+    def log_size(self, handle: ReplicaHandle) -> int:
+        """`declare.provider.LogFollowing`: the size of the replica's log now."""
+        try:
+            return self._live_log(handle).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, handle: ReplicaHandle, offset: int) -> tuple[str, int]:
+        """`declare.provider.LogFollowing`: the whole lines written after byte `offset`."""
+        return procs.log_since(self._live_log(handle), offset)
+
     # -- the fork server ---------------------------------------------------------------------
 
     def start_forkserver(self, wait_seconds: float = 0.0) -> bool:
@@ -215,6 +239,12 @@ class LocalProvider:
             raise ProviderError(
                 f"replica {handle.id}: its handle has no process identity (pid, start_time)"
             ) from exc
+
+    def _live_log(self, handle: ReplicaHandle) -> Path:
+        """The replica's log: its running name, or its kept name once it was stopped."""
+        check_owner(handle, PROVIDER_NAME)
+        path = self.records.log_of(handle)
+        return path if path.exists() else self.records.stopped_log_of(handle)
 
     def _death_reason(self, handle: ReplicaHandle, proc: procs.ProcessId) -> str:
         now = procs.start_time_of(proc.pid)

@@ -4,7 +4,9 @@ A record is written atomically (temp file + os.replace) right after its process 
 holds the labels (project, endpoint, entity, generation, index), the process identity (pid +
 start time from /proc), the port, the log path and the pinned model URI: enough to list
 every replica without the state file and to build its handle. Logs live beside, in
-`state_dir/local/logs/<replica id>.log`, renamed `<replica id>.stopped.log` once stopped.
+`state_dir/local/logs/<replica id>.log`, renamed `<replica id>.stopped.log` once stopped,
+with a sidecar `<replica id>.stopped.json` (`providers._shared.record_stopped`) that tells
+whose log it is once the record is gone.
 
 What it does not do: start, inspect or signal processes (`providers.local.launch`,
 `declare.procs`), or decide which records belong to the project (the provider filters).
@@ -23,7 +25,13 @@ from typing import Any
 from declare import procs
 from declare.errors import ProviderError
 from declare.model import ReplicaHandle
-from providers._shared import exclusive, handle_from_labels
+from providers._shared import (
+    StoppedRecord,
+    exclusive,
+    handle_from_labels,
+    record_stopped,
+    stopped_records,
+)
 
 __all__ = ["PROVIDER_NAME", "RECORD_FORMAT", "ReplicaRecord", "ReplicaRecords"]
 
@@ -154,7 +162,13 @@ class ReplicaRecords:
             (self.records_dir / f"{handle.id}.json").unlink()
         log_path = self.log_of(handle)
         if log_path.exists():
-            os.replace(log_path, self.stopped_log_of(handle))
+            stopped = self.stopped_log_of(handle)
+            os.replace(log_path, stopped)
+            record_stopped(stopped.parent, handle)
+
+    def stopped(self) -> list[StoppedRecord]:
+        """Every kept log of a stopped replica that has a sidecar, newest stop first."""
+        return stopped_records(self.logs_dir, lambda rid: self.logs_dir / f"{rid}.stopped.log")
 
     def log_of(self, handle: ReplicaHandle) -> Path:
         """The log its handle names (the default place for handles that name none)."""

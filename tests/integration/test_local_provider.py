@@ -230,7 +230,12 @@ def test_stop_leaves_no_process_of_the_group_and_keeps_the_log(
     assert local_provider.status(handle).liveness is Liveness.DEAD
     assert list(records.iterdir()) == []  # record removed, no temp file left behind
     logs = provider_context.state_dir / "local" / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == [f"{handle.id}.stopped.log"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        f"{handle.id}.stopped.json",  # whose kept log it is: project, endpoint, entity, time
+        f"{handle.id}.stopped.log",
+    ]
+    (kept,) = local_provider.stopped_logs(spec.endpoint, spec.entity, tail=200)
+    assert kept.replica_id == handle.id
     started = "Uvicorn running" if server == "mlflow" else "declare.serve: serving"
     assert started in local_provider.logs(handle, tail=200)
 
