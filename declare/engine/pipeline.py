@@ -132,6 +132,7 @@ def _check_addresses(
 
 def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) -> PlanInput:
     """-target keeps the named endpoints (the others still serve, so the gateway stays);
+    the runtime stops no gateway and no orphan of an endpoint it does not keep;
     -refresh-only keeps only what happened outside declare (dead replicas are forgotten)
     and never starts, restarts or stops the gateway."""
     if opts.targets:
@@ -153,6 +154,21 @@ def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) 
             inp,
             changes=tuple(c for c in inp.changes if c.name not in opts.exclude),
             gateway_needed=any_desired or bool(state.endpoints),
+        )
+    if opts.runtime:
+        # The runtime keeps what was declared and recorded: a state it finds empty or short
+        # (lost, being rebuilt by an apply) is no reason to stop the gateway or replicas
+        # of endpoints it does not keep; apply adopts or stops those.
+        kept = {c.name for c in inp.changes if c.after is not None}
+        gateway = inp.gateway
+        if state.gateway is None and gateway.running:
+            # nor restart or adopt a gateway the state lost: the next apply does
+            gateway = replace(gateway, recorded_hash=gateway.settings_hash, adopt=False)
+        inp = replace(
+            inp,
+            orphans=tuple(h for h in inp.orphans if h.endpoint in kept),
+            gateway_needed=bool(kept) or gateway.running or bool(inp.gateway_needed),
+            gateway=gateway,
         )
     if opts.refresh_only:
         inp = replace(

@@ -86,3 +86,25 @@ def test_a_mismatched_replica_serves_until_its_replacement_is_in_rotation(
     assert not procs.is_running(old)
     again = project.declare("plan", "--detailed-exitcode")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_with_the_runtime_nothing_stops_between_the_loss_and_the_apply(
+    cli_project: CliProject,
+) -> None:
+    """The runtime (on by default) finds the state lost first: it stops nothing."""
+    project = cli_project
+    project.write(manifest("iris", "1"))
+    _ok(project.declare("apply", "--auto-approve"))
+    (before,) = project.recorded_pids()
+    _lose_state(project)
+    with Load(project.url, threads=4, max_requests=20_000, max_seconds=200) as load:
+        time.sleep(5.0)  # the runtime looks several times at a state that is not there
+        applied = project.declare("apply", "--auto-approve")
+        time.sleep(1.0)
+    _ok(applied)
+    print(f"\n[state loss, runtime] sent {load.sent}, failed {load.failed}: {dict(load.results)}")
+    assert load.failed == 0, dict(load.results)
+    assert "adopt replica" in applied.stdout, applied.stdout
+    assert project.recorded_pids() == [before] and procs.is_running(before)
+    again = project.declare("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -4,6 +4,7 @@ routing kept while an endpoint is created, and whole applies on the fake world."
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 from declare.diff import Actual, DesiredEndpoint, diff, unadopted
@@ -13,6 +14,7 @@ from declare.plan import GatewayInput, PlanInput, build_plan
 from declare.plan.actions import ActionKind, Plan
 from declare.provider import Liveness, ReplicaStatus
 from declare.routing import keeping_served
+from declare.runtime.loop import Runtime
 from declare.state.document import State
 from tests.unit import planning_fixtures as pf
 from tests.unit.fake_world import World, version
@@ -207,3 +209,15 @@ def test_a_lost_state_and_a_new_version_switch_before_the_orphan_stops(world: Wo
     assert old not in world.provider.alive_ids()
     assert world.routed() == {"iris-2": 100}
     world.converged(version("2"))
+
+
+def test_the_runtime_stops_nothing_when_it_finds_the_state_lost(world: World) -> None:
+    assert world.apply(version("1")).ok
+    before = world.provider.alive_ids()
+    _lose_state(world)
+    runtime = Runtime(world.project(), io.StringIO())
+    assert not runtime.tick()  # nothing of its own to do: the gateway and replica run on
+    assert world.gateway.running and world.provider.alive_ids() == before
+    assert world.apply(version("1")).ok  # and apply adopts them
+    assert world.provider.alive_ids() == before
+    world.converged(version("1"))
