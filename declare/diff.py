@@ -5,6 +5,13 @@
 start, which to drain and stop, which dead ones to forget, whether the gateway must get new
 routing, which fields changed and with what impact, and what drifted. It does no I/O and
 knows nothing of providers' machinery or of the DAG (that is `declare.plan`).
+
+Adoption (Terraform's import, done by the refresh): a replica that runs under the project's
+labels but that the state does not record (the state was lost, or an apply was cut off
+before it recorded what it started), alive, of an endpoint and entity the manifests declare
+and of the generation they ask for now, fills a slot that would otherwise start a replica:
+it is recorded, not stopped and not replaced (`EndpointChange.adopts`). Any other orphan is
+stopped once its endpoint's new routing no longer sends it requests (`declare.plan`).
 """
 
 from __future__ import annotations
@@ -100,6 +107,17 @@ class Actual:
     gateway_settings_hash: str = ""  # of the gateway as it should run (from declare.yaml)
     gateway_table: RoutingTable | None = None
     runtime_running: bool = False
+    # the hash of the settings the running gateway says it was started with (None: unsaid)
+    gateway_started_hash: str | None = None
+
+    def routed_ids(self) -> frozenset[str]:
+        """The replicas the gateway's live table sends requests to now."""
+        table = self.gateway_table
+        if table is None:
+            return frozenset()
+        return frozenset(
+            t.id for ep in table.endpoints.values() for ts in ep.entities.values() for t in ts
+        )
 
     def alive(self, replica_id: str) -> bool:
         status = self.replicas.get(replica_id)
@@ -124,6 +142,16 @@ class ReplicaStart:
 
 
 @dataclass(frozen=True)
+class Adoption:
+    """A running replica the state does not record, taken as slot `index` of its entity."""
+
+    handle: ReplicaHandle
+    index: int
+    model: ResolvedModel
+    routed: bool = False  # the gateway sends it requests now
+
+
+@dataclass(frozen=True)
 class EndpointChange:
     name: str
     kind: Change
@@ -134,6 +162,7 @@ class EndpointChange:
     starts: tuple[ReplicaStart, ...] = ()
     stops: tuple[ReplicaHandle, ...] = ()  # alive: drain, then stop
     forgets: tuple[ReplicaHandle, ...] = ()  # dead: drop from the record
+    adopts: tuple[Adoption, ...] = ()  # running, unrecorded, matching: recorded as they run
     route_push: bool = False
     routing_stale: bool = False  # the gateway does not route it as recorded (or was restarted)
     drift: tuple[str, ...] = ()
@@ -236,6 +265,32 @@ class _Replicas:
     starts: tuple[ReplicaStart, ...]
     keep: frozenset[str]
     drift: tuple[str, ...]
+    adopts: tuple[Adoption, ...] = ()
+
+
+def adoptable(d: DesiredEndpoint, entity: EntitySpec, actual: Actual) -> tuple[ReplicaHandle, ...]:
+    """The orphans that may serve `entity` of `d` as they run: alive, of its provider,
+    endpoint, entity and wanted generation; those the gateway routes now first."""
+    gen = d.generation(entity)
+    routed = actual.routed_ids()
+    found = [
+        h
+        for h in actual.orphans
+        if h.provider == d.spec.provider
+        and h.endpoint == d.spec.name
+        and h.entity == entity.name
+        and h.generation == gen
+        and actual.alive(h.id)
+    ]
+    return tuple(sorted(found, key=lambda h: (h.id not in routed, h.id)))
+
+
+def unadopted(
+    orphans: Iterable[ReplicaHandle], changes: Iterable[EndpointChange]
+) -> tuple[ReplicaHandle, ...]:
+    """The orphans no change adopts: to be stopped."""
+    taken = {a.handle.id for c in changes for a in c.adopts}
+    return tuple(h for h in orphans if h.id not in taken)
 
 
 def _entity_replicas(
@@ -249,6 +304,10 @@ def _entity_replicas(
     recorded = r.replicas if r else ()
     gen = d.generation(entity)
     count = d.target(entity, r)
+    candidates = () if forced else adoptable(d, entity, actual)
+    if candidates and (r is None or r.spec is None):
+        # Nothing recorded to scale from: as many as run, inside the entity's range.
+        count = d.range(entity).fit(max(count, len(candidates)))
     same = [x for x in recorded if x.entity == entity.name and x.generation == gen]
     by_index: dict[int, str] = {}
     drift: list[str] = []
@@ -264,8 +323,16 @@ def _entity_replicas(
             why = f": {status.reason}" if status and status.reason else ""
             drift.append(f"replica {x.id} of {entity.name} is not running{why}")
     starts = []
+    adopts = []
+    routed = actual.routed_ids()
+    free = iter(candidates)
     for index in range(count):
         if index in by_index:
+            continue
+        orphan = next(free, None)
+        if orphan is not None:
+            model = d.models[entity.name]
+            adopts.append(Adoption(orphan, index, model, orphan.id in routed))
             continue
         dead = next((x for x in same if x.index == index and x.ready and not x.retired), None)
         if r is None or r.spec is None:
@@ -279,7 +346,7 @@ def _entity_replicas(
         else:
             reason = "new"
         starts.append(ReplicaStart(entity, d.models[entity.name], gen, index, reason))
-    return _Replicas(tuple(starts), frozenset(by_index.values()), tuple(drift))
+    return _Replicas(tuple(starts), frozenset(by_index.values()), tuple(drift), tuple(adopts))
 
 
 def _create_or_update(
@@ -296,6 +363,7 @@ def _create_or_update(
         for e in d.spec.entities
     ]
     starts = tuple(s for part in parts for s in part.starts)
+    adopts = tuple(a for part in parts for a in part.adopts)
     keep = {rid for part in parts for rid in part.keep}
     drift = [text for part in parts for text in part.drift]
     stops = tuple(x.handle for x in recorded if x.id not in keep and actual.alive(x.id))
@@ -313,6 +381,7 @@ def _create_or_update(
         starts=starts,
         stops=stops,
         forgets=forgets,
+        adopts=adopts,
         route_push=True,
     )
     if r is None or r.spec is None:
@@ -322,6 +391,7 @@ def _create_or_update(
         drift.append(f"the gateway does not route {r.name} as recorded")
     route_push = bool(
         starts
+        or adopts
         or stops
         or forgets
         or change.fields

@@ -38,6 +38,14 @@ class ProcessGateway:
             return None
         return GatewayClient(record.base_url, record.admin_token())
 
+    def settings_hash(self) -> str | None:
+        """The hash of the settings the running gateway was started with, from its record
+        (None: none runs, or its record does not say)."""
+        record = self.record()
+        if record is None or not record.settings_hash or not gateway_running(record):
+            return None
+        return record.settings_hash
+
     def start(self, settings: GatewaySettings) -> None:
         start_gateway(
             self.state_dir,
@@ -49,6 +57,7 @@ class ProcessGateway:
             hold_queue=settings.hold_queue,
             capture_root=settings.capture_root or self.state_dir / CAPTURE_DIR,
             capture_max_payload_bytes=settings.capture_max_payload_bytes,
+            settings_hash=settings.hash,
         )
 
     def stop(self) -> None:

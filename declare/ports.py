@@ -119,6 +119,11 @@ class GatewayControl(Protocol):
         """A client of the running gateway's admin API, or None when none runs."""
         ...
 
+    def settings_hash(self) -> str | None:
+        """The hash of the settings the running gateway was started with, when it recorded
+        it (None: none runs, or it does not say): a state lost is no reason to restart it."""
+        ...
+
     def start(self, settings: GatewaySettings) -> None:
         """Start it and wait until it answers; GatewayError when it cannot."""
         ...

@@ -100,6 +100,24 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
     )
 
 
+def keeping_served(table: RoutingTable, live: RoutingTable, names: frozenset[str]) -> RoutingTable:
+    """`table`, except that an endpoint of `names` it routes nowhere while the gateway's
+    `live` table serves it (routes and at least one replica) keeps its live entry.
+
+    For endpoints an apply is creating while the gateway already serves them (the state was
+    lost, the gateway kept its table): until their switch they are routed as before, never
+    to nothing (404 or 503) while their replicas start or are adopted."""
+    kept = dict(table.endpoints)
+    for name in sorted(names):
+        mine, theirs = kept.get(name), live.endpoints.get(name)
+        if mine is not None and mine.routes:
+            continue
+        if theirs is None or not theirs.routes or not any(theirs.entities.values()):
+            continue
+        kept[name] = theirs
+    return RoutingTable(version=table.version, endpoints=kept)
+
+
 def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bool:
     """True when a gateway's `live` entry routes `record` as the state says it should:
     the same shares, the same replica ids per target, the same limits and capture."""

@@ -134,6 +134,11 @@ class FakeGateway:
         with self.world.lock:
             return FakeAdmin(self.world) if self.world.running else None
 
+    def settings_hash(self) -> str | None:
+        with self.world.lock:
+            w = self.world
+            return w.settings.hash if w.running and w.settings is not None else None
+
     def start(self, settings: GatewaySettings) -> None:
         with self.world.lock:
             if self.world.running:

@@ -53,8 +53,15 @@ class Executor:
         parallelism: int = 10,
         record_status: bool = True,
     ) -> None:
+        # Endpoints this apply creates: a gateway that serves them already (the state was
+        # lost) keeps serving them as it does until their switch.
+        creating = frozenset(
+            c.name
+            for c in plan.changes
+            if c.after is not None and (c.before is None or c.before.spec is None)
+        )
         self.ledger = Ledger(
-            project.backend, state, project.gateway, project.config.default_provider
+            project.backend, state, project.gateway, project.config.default_provider, creating
         )
         self.ctx = ApplyContext(project, plan, self.ledger, hooks)
         self.plan = plan

@@ -21,6 +21,8 @@ from declare.model import Figures, judge
 from declare.plan.actions import (
     Action,
     ActionKind,
+    AdoptGateway,
+    AdoptReplica,
     AwaitReady,
     Bake,
     Build,
@@ -51,6 +53,11 @@ def start_gateway(ctx: ApplyContext, action: Action, p: StartGateway) -> None:
     ctx.project.gateway.start(ctx.project.gateway_settings())
     ctx.ledger.record_gateway(RecordedGateway(p.host, p.port, p.settings_hash))
     ctx.ledger.push(required=True)
+
+
+def adopt_gateway(ctx: ApplyContext, action: Action, p: AdoptGateway) -> None:
+    """Record the running gateway; its table stays as it is until a switch replaces it."""
+    ctx.ledger.record_gateway(RecordedGateway(p.host, p.port, p.settings_hash))
 
 
 def stop_gateway(ctx: ApplyContext, action: Action, p: StopGateway) -> None:
@@ -89,6 +96,22 @@ def start_replica(ctx: ApplyContext, action: Action, p: StartReplica) -> None:
         spec.endpoint,
         lambda r: r.with_replica(ReplicaRecord(handle, spec.index, started_at=started)),
         ctx.provider_of(spec.endpoint),
+    )
+
+
+def adopt_replica(ctx: ApplyContext, action: Action, p: AdoptReplica) -> None:
+    """Record a running replica as if this apply had started it (not yet ready: the
+    await-ready after puts it in rotation); nothing is started or stopped."""
+    name = str(action.endpoint)
+    ctx.fold(name, lambda pr: pr.with_handle(p.slot, p.handle))
+    ctx.ledger.update(
+        name,
+        lambda r: (
+            r
+            if any(x.id == p.handle.id for x in r.replicas)
+            else r.with_replica(ReplicaRecord(p.handle, p.index))
+        ),
+        ctx.provider_of(name),
     )
 
 
@@ -236,6 +259,8 @@ def _handler(kind: ActionKind) -> Handler:
     match kind:
         case ActionKind.START_GATEWAY:
             return _bind(StartGateway, start_gateway)
+        case ActionKind.ADOPT_GATEWAY:
+            return _bind(AdoptGateway, adopt_gateway)
         case ActionKind.STOP_GATEWAY:
             return _bind(StopGateway, stop_gateway)
         case ActionKind.START_RUNTIME:
@@ -246,6 +271,8 @@ def _handler(kind: ActionKind) -> Handler:
             return _bind(Build, build)
         case ActionKind.START_REPLICA:
             return _bind(StartReplica, start_replica)
+        case ActionKind.ADOPT_REPLICA:
+            return _bind(AdoptReplica, adopt_replica)
         case ActionKind.AWAIT_READY:
             return _bind(AwaitReady, await_ready)
         case ActionKind.SHIFT_TRAFFIC:

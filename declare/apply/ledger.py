@@ -17,6 +17,10 @@ unwritten state as its own, since the gateway routes by it and every later push 
 from it: a push of the older state would move traffic the switch moved. The next write,
 once one succeeds, records it.
 
+An endpoint named in `held` (being created by this apply) that the state routes nowhere yet
+while the gateway serves it keeps the gateway's entry (`declare.routing.keeping_served`): a
+state lost under a running gateway never makes a push route it to nothing.
+
 Not a planner: it is told what changed, by the handlers.
 """
 
@@ -28,7 +32,7 @@ from dataclasses import replace
 
 from declare.errors import DeclareError, GatewayError
 from declare.ports import GatewayControl
-from declare.routing import routing_table
+from declare.routing import keeping_served, routing_table
 from declare.state.backend import StateWriter
 from declare.state.document import EndpointRecord, RecordedGateway, RecordedRuntime, State
 
@@ -37,9 +41,15 @@ class Ledger:
     """The state as last written, and the only path by which it changes during an apply."""
 
     def __init__(
-        self, backend: StateWriter, state: State, gateway: GatewayControl, default_provider: str
+        self,
+        backend: StateWriter,
+        state: State,
+        gateway: GatewayControl,
+        default_provider: str,
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self._backend = backend
+        self._held = held
         self._state = state
         self._gateway = gateway
         self._default_provider = default_provider
@@ -115,4 +125,7 @@ class Ledger:
                 raise GatewayError(f"the gateway is not running, so {what}")
             return
         with admin:
-            admin.put_table(routing_table(state))
+            table = routing_table(state)
+            if self._held:
+                table = keeping_served(table, admin.get_table(), self._held)
+            admin.put_table(table)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff
+from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff, unadopted
 from declare.engine.desired import load_desired
 from declare.engine.refresh import builds, refresh
 from declare.errors import ConfigError, StaleStateError
@@ -71,7 +71,9 @@ def plan_for(
     opts = options or PlanOptions()
     actual = refresh(project, state, desired)
     needs = builds(project, desired)
-    recorded_hash = state.gateway.settings_hash if state.gateway else None
+    # A state that lost the gateway: the running gateway's own record says what it was
+    # started with; when that is what declare.yaml asks for, it is adopted, not restarted.
+    recorded_hash = state.gateway.settings_hash if state.gateway else actual.gateway_started_hash
     changes = diff(
         desired, state, actual, recorded_hash, opts.replace, settle_status=not opts.runtime
     )
@@ -86,9 +88,11 @@ def plan_for(
                 port=project.config.gateway_port,
                 settings_hash=actual.gateway_settings_hash,
                 recorded_hash=recorded_hash,
+                adopt=state.gateway is None and recorded_hash is not None,
             ),
             builds=needs,
-            orphans=actual.orphans,
+            orphans=unadopted(actual.orphans, changes),
+            routed=actual.routed_ids(),
             destroy=opts.destroy,
             runtime=None
             if opts.runtime
@@ -128,6 +132,7 @@ def _check_addresses(
 
 def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) -> PlanInput:
     """-target keeps the named endpoints (the others still serve, so the gateway stays);
+    the runtime stops no gateway and no orphan of an endpoint it does not keep;
     -refresh-only keeps only what happened outside declare (dead replicas are forgotten)
     and never starts, restarts or stops the gateway."""
     if opts.targets:
@@ -150,13 +155,28 @@ def _narrow(inp: PlanInput, opts: PlanOptions, state: State, any_desired: bool) 
             changes=tuple(c for c in inp.changes if c.name not in opts.exclude),
             gateway_needed=any_desired or bool(state.endpoints),
         )
+    if opts.runtime:
+        # The runtime keeps what was declared and recorded: a state it finds empty or short
+        # (lost, being rebuilt by an apply) is no reason to stop the gateway or replicas
+        # of endpoints it does not keep; apply adopts or stops those.
+        kept = {c.name for c in inp.changes if c.after is not None}
+        gateway = inp.gateway
+        if state.gateway is None and gateway.running:
+            # nor restart or adopt a gateway the state lost: the next apply does
+            gateway = replace(gateway, recorded_hash=gateway.settings_hash, adopt=False)
+        inp = replace(
+            inp,
+            orphans=tuple(h for h in inp.orphans if h.endpoint in kept),
+            gateway_needed=bool(kept) or gateway.running or bool(inp.gateway_needed),
+            gateway=gateway,
+        )
     if opts.refresh_only:
         inp = replace(
             inp,
             changes=tuple(_refresh_only(c) for c in inp.changes),
             orphans=(),
             gateway_needed=inp.gateway.running,
-            gateway=replace(inp.gateway, recorded_hash=None),
+            gateway=replace(inp.gateway, recorded_hash=None, adopt=False),
             runtime=None,
         )
     return inp
@@ -178,13 +198,16 @@ def _without_starts(c: EndpointChange) -> EndpointChange:
 def _refresh_only(c: EndpointChange) -> EndpointChange:
     """Only what happened outside declare: dead replicas are forgotten; nothing restarts."""
     if c.before is None:
-        return replace(c, kind=Change.NOOP, starts=(), stops=(), forgets=(), route_push=False)
+        return replace(
+            c, kind=Change.NOOP, starts=(), stops=(), forgets=(), adopts=(), route_push=False
+        )
     return replace(
         c,
         kind=Change.UPDATE if c.forgets else Change.NOOP,
         fields=(),
         starts=(),
         stops=(),
+        adopts=(),
         after=None,
         route_push=False,
         capacity_after=c.capacity_before,

@@ -1,8 +1,10 @@
 """What really runs: the refresh stage (Terraform's refresh), read through the boundaries.
 
 `refresh` asks each provider about every recorded replica (alive or dead, and why), lists
-what each provider holds under the project's labels (orphans: unknown to the state), and
-reads the gateway's live routing table. `builds` asks each provider what serving each
+what each provider holds under the project's labels (orphans: unknown to the state) and asks
+about each of them too (an alive orphan that matches the manifests is adopted, see
+`declare.diff`), and reads the gateway's live routing table and the settings it says it was
+started with. `builds` asks each provider what serving each
 desired entity needs built and whether it is cached. Changes nothing.
 """
 
@@ -26,6 +28,8 @@ def refresh(project: Project, state: State, desired: tuple[DesiredEndpoint, ...]
     orphans: list[ReplicaHandle] = []
     for name in sorted(names):
         orphans += [h for h in project.provider(name).list_owned() if h.id not in known]
+    for h in orphans:
+        statuses[h.id] = project.provider(h.provider).status(h)
     admin = project.gateway.admin()
     table: RoutingTable | None = None
     if admin is not None:
@@ -38,6 +42,7 @@ def refresh(project: Project, state: State, desired: tuple[DesiredEndpoint, ...]
         gateway_settings_hash=project.gateway_settings().hash,
         gateway_table=table,
         runtime_running=project.runtime.status() is not None,
+        gateway_started_hash=project.gateway.settings_hash() if admin is not None else None,
     )
 
 

@@ -56,6 +56,9 @@ class GatewayRecord:
     hold_queue: int = 1000  # most requests held per endpoint waiting for a replica
     eject_seconds: float = 2.0  # how long an unreachable replica is skipped
     capture_root: Path | None = None  # the folder of the inference tables
+    # the hash of the settings it was started with (`GatewaySettings.hash`; "": not said,
+    # a gateway started by a declare that did not record it)
+    settings_hash: str = ""
 
     @property
     def base_url(self) -> str:
@@ -87,6 +90,7 @@ class GatewayRecord:
             "hold_queue": self.hold_queue,
             "eject_seconds": self.eject_seconds,
             "capture_root": None if self.capture_root is None else str(self.capture_root),
+            "settings_hash": self.settings_hash,
         }
 
     @classmethod
@@ -105,6 +109,7 @@ class GatewayRecord:
             hold_queue=int(data.get("hold_queue", 1000)),
             eject_seconds=float(data.get("eject_seconds", 2.0)),
             capture_root=Path(data["capture_root"]) if data.get("capture_root") else None,
+            settings_hash=str(data.get("settings_hash", "")),
         )
 
 
@@ -187,13 +192,15 @@ def start_gateway(
     body_timeout: float = 30.0,
     capture_root: Path | None = None,
     capture_max_payload_bytes: int | None = None,
+    settings_hash: str = "",
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
 
     `hold_queue`, `eject_seconds` and `body_timeout` are the process's `--hold-queue`,
     `--eject-seconds` and `--body-timeout`; `capture_root` and `capture_max_payload_bytes`
     its `--capture-root` (the inference tables' folder; none: nothing is captured) and
-    `--capture-max-payload-bytes`.
+    `--capture-max-payload-bytes`. `settings_hash` is recorded with it, so that a later
+    declare that lost its state knows what the running gateway was started with.
 
     Raises GatewayError when a gateway of this project already runs, when the port is taken
     by another program, or when the process exits or stays silent at start-up (with the tail
@@ -229,6 +236,7 @@ def start_gateway(
         hold_queue=hold_queue,
         eject_seconds=float(eject_seconds),
         capture_root=capture_root,
+        settings_hash=settings_hash,
     )
     _write_record(directory / RECORD_NAME, record)
     return record

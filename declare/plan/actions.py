@@ -25,11 +25,13 @@ Split = tuple[tuple[str, str, int], ...]  # (entity, generation, percentage) per
 
 class ActionKind(Enum):
     START_GATEWAY = "start-gateway"
+    ADOPT_GATEWAY = "adopt-gateway"
     STOP_GATEWAY = "stop-gateway"
     START_RUNTIME = "start-runtime"
     STOP_RUNTIME = "stop-runtime"
     BUILD = "build"
     START_REPLICA = "start-replica"
+    ADOPT_REPLICA = "adopt-replica"
     AWAIT_READY = "await-ready"
     SHIFT_TRAFFIC = "shift-traffic"
     BAKE = "bake"
@@ -47,11 +49,13 @@ class ActionKind(Enum):
 
 _SYMBOLS = {
     ActionKind.START_GATEWAY: "+",
+    ActionKind.ADOPT_GATEWAY: "~",
     ActionKind.STOP_GATEWAY: "-",
     ActionKind.START_RUNTIME: "+",
     ActionKind.STOP_RUNTIME: "-",
     ActionKind.BUILD: "+",
     ActionKind.START_REPLICA: "+",
+    ActionKind.ADOPT_REPLICA: "~",
     ActionKind.AWAIT_READY: "?",
     ActionKind.SHIFT_TRAFFIC: "~",
     ActionKind.BAKE: "?",
@@ -70,6 +74,17 @@ _SYMBOLS = {
 @dataclass(frozen=True)
 class StartGateway:
     KIND: ClassVar = ActionKind.START_GATEWAY
+    host: str
+    port: int
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class AdoptGateway:
+    """Record the gateway that runs with the settings declare.yaml asks for, as it runs
+    (the state lost it; its own record says what it was started with)."""
+
+    KIND: ClassVar = ActionKind.ADOPT_GATEWAY
     host: str
     port: int
     settings_hash: str
@@ -113,6 +128,17 @@ class StartReplica:
     KIND: ClassVar = ActionKind.START_REPLICA
     slot: str
     spec: ReplicaSpec
+
+
+@dataclass(frozen=True)
+class AdoptReplica:
+    """Record a running replica the state does not know, as slot `index` of its entity
+    (Terraform's import); `slot` names it for the await-ready after. Never undone."""
+
+    KIND: ClassVar = ActionKind.ADOPT_REPLICA
+    slot: str
+    handle: ReplicaHandle
+    index: int
 
 
 @dataclass(frozen=True)
@@ -190,11 +216,13 @@ class StopOrphan:
 
 Payload = (
     StartGateway
+    | AdoptGateway
     | StopGateway
     | StartRuntime
     | StopRuntime
     | Build
     | StartReplica
+    | AdoptReplica
     | AwaitReady
     | ShiftTraffic
     | Bake
@@ -210,11 +238,13 @@ PAYLOAD_TYPES: Mapping[ActionKind, type[Payload]] = {
     t.KIND: t
     for t in (
         StartGateway,
+        AdoptGateway,
         StopGateway,
         StartRuntime,
         StopRuntime,
         Build,
         StartReplica,
+        AdoptReplica,
         AwaitReady,
         ShiftTraffic,
         Bake,

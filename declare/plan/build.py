@@ -5,16 +5,19 @@ ordering constraints, each constraint commented where it is made:
 
 1. gateway   start the gateway when an endpoint needs it and it is not running (or its
              settings changed: stop, then start); stop it when no endpoint is left.
+             A gateway the state lost that runs as declare.yaml asks is adopted (recorded).
    runtime   likewise the runtime (when declare.yaml enables it); when it stops, it stops
              before anything else.
 2. builds    one build per distinct model environment that is not yet built (shared).
-3. replicas  start + await-ready per new replica.
+3. replicas  start + await-ready per new replica; adopt + await-ready per running replica the
+             state lost that matches the manifest (Terraform's import).
 4. routes    one set-routes per created/updated endpoint: the atomic traffic switch. With a
              progressive rollout (canary, linear), shift-traffic steps and bakes come first,
              and a bake after the switch keeps the old replicas warm until it passes.
 5. retire    drain the replicas taken out of rotation, then stop them; forget dead ones.
 6. deletes   remove an endpoint's routes, drain, stop its replicas.
-7. orphans   stop replicas that run under this project's labels but no state knows.
+7. orphans   stop replicas that run under this project's labels but no state knows; one of
+             an endpoint being routed drains and stops only after its switch.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from declare.diff import Change, EndpointChange, Impact
 from declare.model import ReplicaHandle, ReplicaSpec, RolloutPolicy
 from declare.plan.actions import (
     Action,
+    AdoptGateway,
+    AdoptReplica,
     AwaitReady,
     Bake,
     Build,
@@ -58,6 +63,8 @@ class GatewayInput:
     port: int
     settings_hash: str
     recorded_hash: str | None = None  # from the state; None when never started
+    # the state lost it: `recorded_hash` is what the running gateway says it was started with
+    adopt: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class PlanInput:
     gateway: GatewayInput
     builds: Mapping[str, BuildInfo] = field(default_factory=dict)  # by generation
     orphans: tuple[ReplicaHandle, ...] = ()
+    routed: frozenset[str] = frozenset()  # replica ids the gateway sends requests to now
     destroy: bool = False
     # Whether an endpoint still needs the gateway after this plan; None: judge from
     # `changes` (a targeted plan passes it, since endpoints it leaves out still serve).
@@ -160,6 +168,16 @@ def _gateway_start(g: _Graph, inp: PlanInput) -> str | None:
     # written by a declare that did not record them) may run without auth or with old
     # limits: it is restarted like one whose settings changed.
     restart = gw.running and gw.recorded_hash != gw.settings_hash
+    if gw.running and not restart and gw.adopt:
+        return g.add(
+            Action(
+                "gateway.adopt",
+                None,
+                f"adopt the gateway running on {gw.host}:{gw.port} "
+                "(its settings are those declare.yaml asks for)",
+                AdoptGateway(gw.host, gw.port, gw.settings_hash),
+            )
+        )
     if gw.running and not restart:
         return None
     stop_id = None
@@ -330,6 +348,31 @@ def _replicas(
         )
         # Readiness is checked on the started replica.
         g.edge(start_id, ready_id)
+        ready_ids.append(ready_id)
+    for a in change.adopts:
+        entity = a.handle.entity
+        slot = f"{name}/{entity}/{a.handle.generation}/{a.index}"
+        addr = f"endpoint.{name}.entity[{entity}].replica[{a.index}]"
+        routed = "; the gateway routes it now" if a.routed else ""
+        adopt_id = g.add(
+            Action(
+                f"{addr}.adopt",
+                name,
+                f"adopt replica {a.handle.id} as {entity}[{a.index}] serving "
+                f"{a.model.describe()} (running, matches the manifest{routed})",
+                AdoptReplica(slot, a.handle, a.index),
+            )
+        )
+        ready_id = g.add(
+            Action(
+                f"{addr}.ready",
+                name,
+                f"await {entity}[{a.index}] answering a real prediction",
+                AwaitReady(slot, a.model),
+            )
+        )
+        # An adopted replica goes into rotation once it answered, as a started one.
+        g.edge(adopt_id, ready_id)
         ready_ids.append(ready_id)
     return ready_ids
 
@@ -566,15 +609,35 @@ def _delete(g: _Graph, change: EndpointChange) -> list[str]:
 
 
 def _orphans(g: _Graph, inp: PlanInput) -> list[str]:
-    return [
-        g.add(
+    tails = []
+    for h in inp.orphans:
+        routes_id = f"endpoint.{h.endpoint}.routes"
+        switched = routes_id in g.actions and any(
+            c.name == h.endpoint and c.after is not None for c in inp.changes
+        )
+        carries = "; the gateway routes it now" if h.id in inp.routed else ""
+        after = f"; it stops after the switch of {h.endpoint}" if switched else ""
+        stop_id = g.add(
             Action(
                 f"orphan[{h.id}].stop",
                 None,
                 f"stop orphan replica {h.id} (endpoint {h.endpoint}, {h.entity}): "
-                "running under this project's labels, unknown to the state",
+                f"running under this project's labels, unknown to the state{carries}{after}",
                 StopOrphan(h),
             )
         )
-        for h in inp.orphans
-    ]
+        if switched:
+            drain_id = g.add(
+                Action(
+                    f"orphan[{h.id}].drain",
+                    None,
+                    f"drain in-flight requests from orphan replica {h.id}",
+                    Drain((h.id,)),
+                )
+            )
+            # The gateway may route it now (the state was lost, its table was not): it
+            # stops only once the switch routes its endpoint to what this plan made ready.
+            g.edge(routes_id, drain_id)
+            g.edge(drain_id, stop_id)
+        tails.append(stop_id)
+    return tails

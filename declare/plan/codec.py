@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from declare.diff import (
+    Adoption,
     Change,
     DesiredEndpoint,
     EndpointChange,
@@ -30,6 +31,8 @@ from declare.model import (
 from declare.plan.actions import (
     Action,
     ActionKind,
+    AdoptGateway,
+    AdoptReplica,
     AwaitReady,
     Bake,
     Build,
@@ -55,7 +58,7 @@ from declare.state.document import EndpointRecord
 def payload_to_json(p: Payload) -> dict[str, Any]:
     """The payload's JSON object (the `payload` of an action in plan JSON)."""
     match p:
-        case StartGateway():
+        case StartGateway() | AdoptGateway():
             return {"host": p.host, "port": p.port, "settings_hash": p.settings_hash}
         case StopGateway() | RemoveRoutes() | StopRuntime():
             return {}
@@ -71,6 +74,8 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
             }
         case StartReplica():
             return {"slot": p.slot, "replica_spec": p.spec.to_json()}
+        case AdoptReplica():
+            return {"slot": p.slot, "handle": p.handle.to_json(), "index": p.index}
         case AwaitReady():
             return {"slot": p.slot, "model": p.model.to_json()}
         case ShiftTraffic():
@@ -111,6 +116,9 @@ _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
     ActionKind.START_GATEWAY: lambda d: StartGateway(
         str(d["host"]), int(d["port"]), str(d["settings_hash"])
     ),
+    ActionKind.ADOPT_GATEWAY: lambda d: AdoptGateway(
+        str(d["host"]), int(d["port"]), str(d["settings_hash"])
+    ),
     ActionKind.STOP_GATEWAY: lambda d: StopGateway(),
     ActionKind.START_RUNTIME: lambda d: StartRuntime(str(d["settings_hash"])),
     ActionKind.STOP_RUNTIME: lambda d: StopRuntime(),
@@ -123,6 +131,9 @@ _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
     ),
     ActionKind.START_REPLICA: lambda d: StartReplica(
         str(d["slot"]), ReplicaSpec.from_json(d["replica_spec"])
+    ),
+    ActionKind.ADOPT_REPLICA: lambda d: AdoptReplica(
+        str(d["slot"]), ReplicaHandle.from_json(d["handle"]), int(d["index"])
     ),
     ActionKind.AWAIT_READY: lambda d: AwaitReady(
         str(d["slot"]), ResolvedModel.from_json(d["model"])
@@ -206,6 +217,15 @@ def change_to_json(c: EndpointChange) -> dict[str, Any]:
         ],
         "stops": [h.to_json() for h in c.stops],
         "forgets": [h.to_json() for h in c.forgets],
+        "adopts": [
+            {
+                "handle": a.handle.to_json(),
+                "index": a.index,
+                "model": a.model.to_json(),
+                "routed": a.routed,
+            }
+            for a in c.adopts
+        ],
         "route_push": c.route_push,
         "routing_stale": c.routing_stale,
         "drift": list(c.drift),
@@ -244,6 +264,15 @@ def change_from_json(d: Mapping[str, Any]) -> EndpointChange:
         ),
         stops=tuple(ReplicaHandle.from_json(h) for h in d.get("stops", [])),
         forgets=tuple(ReplicaHandle.from_json(h) for h in d.get("forgets", [])),
+        adopts=tuple(
+            Adoption(
+                ReplicaHandle.from_json(a["handle"]),
+                int(a["index"]),
+                ResolvedModel.from_json(a["model"]),
+                bool(a.get("routed")),
+            )
+            for a in d.get("adopts", [])
+        ),
         route_push=bool(d.get("route_push")),
         routing_stale=bool(d.get("routing_stale")),
         drift=tuple(d.get("drift", [])),
