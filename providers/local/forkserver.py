@@ -348,7 +348,7 @@ def _note_forked(log_fd: int, replica_id: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     line = (
         f"[declare] {stamp} replica {replica_id}: forked by the fork server (pid {os.getpid()})"
-        " instead of started by `mlflow models serve`\n"
+        " instead of started by its command\n"
     )
     os.write(log_fd, line.encode())
 
