@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +169,17 @@ class ForkServerClient:
             time.sleep(0.02)
         return True
 
-    def fork(self, message: Mapping[str, Any]) -> procs.ProcessId:
-        """Ask for one replica; its identity, or ForkUnavailable saying why not."""
+    def fork(
+        self,
+        message: Mapping[str, Any],
+        on_forked: Callable[[procs.ProcessId], None] = lambda _: None,
+    ) -> procs.ProcessId:
+        """Ask for one replica; its identity, or ForkUnavailable saying why not.
+
+        `on_forked(child)` runs before the fork server is told the child was taken on (the
+        acknowledgement): the provider records it there, so a provider killed at any moment
+        leaves no replica without a record (an unacknowledged child is killed by the fork
+        server). What `on_forked` raises goes to the caller, unacknowledged."""
         proc, started = self.ensure()
         if started and not self._answers_within(STARTED_WAIT_SECONDS):
             # Waiting for a new fork server (its imports, ~1.5 s) and forking beats a new
@@ -194,6 +203,7 @@ class ForkServerClient:
             child = procs.ProcessId(int(answer["pid"]), int(answer["start_time"]))
             if not procs.is_running(child):
                 raise ForkUnavailable(f"the forked process {child.pid} exited at once")
+            on_forked(child)
             send_line(sock, {"op": "ack"})
         return child
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,18 @@ class Launch:
             "server_args": self.server_args(),
         }
 
-    def fork(self, server: ForkServerClient, project_dir: Path) -> procs.ProcessId:
-        """Fork it from `server`; ForkUnavailable saying why when it cannot be."""
+    def fork(
+        self,
+        server: ForkServerClient,
+        project_dir: Path,
+        on_started: Callable[[procs.ProcessId], None] = lambda _: None,
+    ) -> procs.ProcessId:
+        """Fork it from `server` (`on_started` before the fork server lets go of it);
+        ForkUnavailable saying why when it cannot be."""
         if not is_local_source(self.source):
             raise ForkUnavailable(f"the model source {self.source} is not a local path")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        return server.fork(self.fork_message(project_dir))
+        return server.fork(self.fork_message(project_dir), on_started)
 
     def note(self, text: str) -> None:
         """Append one `[declare]` line to the replica's log."""
@@ -168,14 +175,28 @@ class Launch:
             log.write(f"[declare] {stamp} replica {self.replica_id}: {text}\n")
 
     def start_by(
-        self, launcher: str, server: ForkServerClient, project_dir: Path, where: str
+        self,
+        launcher: str,
+        server: ForkServerClient,
+        project_dir: Path,
+        where: str,
+        on_started: Callable[[procs.ProcessId], None] = lambda _: None,
     ) -> procs.ProcessId:
-        """Start it with `launcher` (fork | exec); a fork that cannot be falls back to exec."""
+        """Start it with `launcher` (fork | exec); a fork that cannot be falls back to exec.
+        `on_started(process)` runs once it exists (the provider records it): for a fork,
+        before the fork server lets go of the child, so no fork outlives an unrecorded
+        provider; for exec, right after the start (what it raises stops the process)."""
         if launcher == "fork":
             try:
-                return self.fork(server, project_dir)
+                return self.fork(server, project_dir, on_started)
             except ForkUnavailable as exc:
                 self.note(f"not forked: {exc}; started by `{self.command()}` instead")
             except OSError as exc:
                 self.note(f"not forked ({exc}); started by `{self.command()}` instead")
-        return self.start(project_dir, where)
+        proc = self.start(project_dir, where)
+        try:
+            on_started(proc)
+        except BaseException:
+            procs.stop(proc, grace_seconds=2.0)  # never leave a process without a record
+            raise
+        return proc

@@ -138,26 +138,37 @@ class LocalProvider:
                 self.settings.pass_env,
                 self.settings.server,
             )
-            proc = launch.start_by(
-                self.settings.launcher, self.forkserver, self.context.project_dir, where
+            written: list[ReplicaRecord] = []
+
+            def record_it(proc: procs.ProcessId) -> None:
+                record = ReplicaRecord(
+                    id=replica_id,
+                    labels=spec.labels,
+                    process=proc,
+                    host=host,
+                    port=port,
+                    log=str(log_path),
+                    pinned_uri=spec.model.pinned_uri,
+                    source=source,
+                )
+                try:
+                    self.records.write(record)
+                except OSError as exc:
+                    raise ProviderError(
+                        f"{where}: cannot write the replica record in {self.records_dir}: {exc}"
+                    ) from exc
+                written.append(record)
+
+            # The record is written as soon as the process exists, before a fork server lets
+            # go of a forked child: a declare killed at any moment leaves no unrecorded replica.
+            launch.start_by(
+                self.settings.launcher,
+                self.forkserver,
+                self.context.project_dir,
+                where,
+                on_started=record_it,
             )
-            record = ReplicaRecord(
-                id=replica_id,
-                labels=spec.labels,
-                process=proc,
-                host=host,
-                port=port,
-                log=str(log_path),
-                pinned_uri=spec.model.pinned_uri,
-                source=source,
-            )
-            try:
-                self.records.write(record)
-            except OSError as exc:
-                procs.stop(proc, grace_seconds=2.0)  # never leave a process without a record
-                raise ProviderError(
-                    f"{where}: cannot write the replica record in {self.records_dir}: {exc}"
-                ) from exc
+            (record,) = written
         return record.handle()
 
     def status(self, handle: ReplicaHandle) -> ReplicaStatus:

@@ -380,3 +380,44 @@ def test_a_fork_request_from_a_closed_connection_leaves_no_replica(
         time.sleep(0.05)
     assert not Path(f"/proc/{answer['pid']}").exists()
     assert fork_provider.forkserver.ping()
+
+
+_KILLED_WHILE_RECORDING = """
+import json, os, signal, sys
+from pathlib import Path
+from declare.model import ReplicaSpec
+from declare.provider import ProviderContext
+from providers.local import LocalProvider
+project_dir, state_dir, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+context = ProviderContext("itest", Path(project_dir), Path(state_dir), {"launcher": "fork"})
+provider = LocalProvider(context)
+provider.records.write = lambda record: os.kill(os.getpid(), signal.SIGKILL)
+provider.start_replica(ReplicaSpec.from_json(spec))
+"""
+
+
+def test_a_provider_killed_while_it_records_a_fork_leaves_no_replica(
+    fork_provider: LocalProvider, mlflow_project: MlflowProject
+) -> None:
+    """The record is written before the fork server is told the child was taken on: a
+    provider SIGKILLed while it records a fork never acknowledges it, and the fork server
+    kills the child. (Recorded after the acknowledgement, a replica outlived a runtime
+    SIGKILLed while it scaled up, with no record, so nothing ever stopped it.)"""
+    model = mlflow_project.resolve("models:/iris/1")
+    spec = replica_spec(model, model_env=mlflow_project.model_env)
+    context = fork_provider.context
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WHILE_RECORDING, str(context.project_dir),
+         str(context.state_dir), json.dumps(spec.to_json())],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    deadline = time.monotonic() + 15
+    children: list[int] = [-1]
+    while children and time.monotonic() < deadline:
+        status = fork_provider.forkserver.status(timeout=30)
+        assert status is not None
+        children = list(status["children"])
+        time.sleep(0.1)
+    assert children == [], "a forked replica outlived the provider that did not record it"
+    assert fork_provider.list_owned() == []
