@@ -196,15 +196,11 @@ def start_gateway(
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
 
-    `hold_queue`, `eject_seconds` and `body_timeout` are the process's `--hold-queue`,
-    `--eject-seconds` and `--body-timeout`; `capture_root` and `capture_max_payload_bytes`
-    its `--capture-root` (the inference tables' folder; none: nothing is captured) and
-    `--capture-max-payload-bytes`. `settings_hash` is recorded with it, so that a later
-    declare that lost its state knows what the running gateway was started with.
-
-    Raises GatewayError when a gateway of this project already runs, when the port is taken
-    by another program, or when the process exits or stays silent at start-up (with the tail
-    of its log).
+    The keyword arguments are the process's options of the same names (`capture_root`: the
+    inference tables' folder, none: nothing captured); `settings_hash` is recorded, so a
+    declare that lost its state knows what the running gateway was started with. Raises
+    GatewayError when a gateway of this project already runs, when the port is taken by
+    another program, or when the process exits or stays silent at start-up (with its log).
     """
     directory = gateway_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)

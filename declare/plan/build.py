@@ -349,6 +349,13 @@ def _replicas(
         # Readiness is checked on the started replica.
         g.edge(start_id, ready_id)
         ready_ids.append(ready_id)
+    return ready_ids + _adopted(g, change)
+
+
+def _adopted(g: _Graph, change: EndpointChange) -> list[str]:
+    """adopt + await-ready per running replica taken on (a lost state); the await-ready ids."""
+    name = change.name
+    ready_ids: list[str] = []
     for a in change.adopts:
         entity = a.handle.entity
         slot = f"{name}/{entity}/{a.handle.generation}/{a.index}"

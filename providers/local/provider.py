@@ -159,8 +159,7 @@ class LocalProvider:
                     ) from exc
                 written.append(record)
 
-            # The record is written as soon as the process exists, before a fork server lets
-            # go of a forked child: a declare killed at any moment leaves no unrecorded replica.
+            # Recorded once the process exists, before a fork server lets go of a child.
             launch.start_by(
                 self.settings.launcher,
                 self.forkserver,
