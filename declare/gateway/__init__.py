@@ -24,6 +24,7 @@ Modules:
     management  the read-only management API and health
     admin       the admin interface: table push/get, drain, metrics, demand
     server      the aiohttp application: routes, auth, error mapping
+    protocol    below the application: aiohttp's parser errors as JSON, the head timeout
     __main__    the process's command line
     client      the synchronous admin client (declare's apply, the runtime)
     process     start/find/stop the process

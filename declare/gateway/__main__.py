@@ -25,6 +25,7 @@ from aiohttp import web
 
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
 from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
+from declare.gateway.protocol import GatewayRunner
 from declare.gateway.server import Gateway, GatewayConfig
 
 log = logging.getLogger("declare.gateway")
@@ -39,14 +40,8 @@ class StartupError(Exception):
         self.code = code
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m declare.gateway", description="declare's gateway (data plane)"
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--admin-token-file", type=Path, required=True)
-    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+def _add_timeouts(parser: argparse.ArgumentParser) -> None:
+    """The options bounding how long a client or a replica may take."""
     parser.add_argument(
         "--queue-timeout",
         type=float,
@@ -65,6 +60,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30.0,
         help="seconds a client may take to send a request's body (then 408)",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a new connection may take to send its request head (then closed)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=75.0,
+        help="seconds a kept-alive connection may stay idle between requests (then closed)",
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m declare.gateway", description="declare's gateway (data plane)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--admin-token-file", type=Path, required=True)
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    _add_timeouts(parser)
     parser.add_argument(
         "--hold-queue",
         type=int,
@@ -135,9 +153,13 @@ def setup_logging(log_file: Path | None, level: str) -> None:
 def make_config(args: argparse.Namespace) -> GatewayConfig:
     if args.max_body_bytes <= 0:
         raise StartupError("--max-body-bytes must be positive", EXIT_USAGE)
-    if args.queue_timeout <= 0 or args.upstream_timeout <= 0 or args.body_timeout <= 0:
+    timeouts = (args.queue_timeout, args.upstream_timeout, args.body_timeout)
+    connection = (args.header_timeout, args.idle_timeout)  # timers: finite too
+    if min(timeouts) <= 0 or not all(0 < t < float("inf") for t in connection):
         raise StartupError(
-            "--queue-timeout, --upstream-timeout and --body-timeout must be positive", EXIT_USAGE
+            "--queue-timeout, --upstream-timeout, --body-timeout, --header-timeout and "
+            "--idle-timeout must be positive (the last two finite)",
+            EXIT_USAGE,
         )
     if args.hold_queue < 0:
         raise StartupError("--hold-queue must be 0 or more", EXIT_USAGE)
@@ -160,6 +182,8 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         queue_timeout=args.queue_timeout,
         upstream_timeout=args.upstream_timeout,
         body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        idle_timeout=args.idle_timeout,
         pool_size=args.pool_size,
         pool_per_replica=args.pool_per_replica,
         hold_queue=args.hold_queue,
@@ -177,8 +201,14 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
     gateway = Gateway(config)
     # handler_cancellation: a request whose client went away is cancelled, so a held request
     # (or one waiting for its replica) stops counting at once, as a proxy should.
-    runner = web.AppRunner(
-        gateway.make_app(), access_log=None, handle_signals=False, handler_cancellation=True
+    # GatewayRunner (protocol.py): aiohttp's own error answers in JSON, the head timeout.
+    runner = GatewayRunner(
+        gateway.make_app(),
+        header_timeout=config.header_timeout,
+        keepalive_timeout=config.idle_timeout,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=grace)
@@ -195,7 +225,8 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         loop.add_signal_handler(sig, stop.set)
     log.info(
         "gateway pid %d listening on http://%s:%d (auth %s, max body %d bytes, queue timeout "
-        "%g s, upstream timeout %g s, hold queue %d per endpoint, eject %g s)",
+        "%g s, upstream timeout %g s, hold queue %d per endpoint, eject %g s, head timeout "
+        "%g s, idle timeout %g s)",
         os.getpid(),
         host,
         port,
@@ -205,6 +236,8 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         config.upstream_timeout,
         config.hold_queue,
         config.eject_seconds,
+        config.header_timeout,
+        config.idle_timeout,
     )
     await stop.wait()
     log.info("stopping: letting requests in flight finish (up to %g s)", grace)

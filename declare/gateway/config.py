@@ -25,6 +25,8 @@ class GatewayConfig:
     queue_timeout: float = 30.0  # longest wait for a connection slot to a replica
     upstream_timeout: float = 300.0  # longest wait for a replica's response (read timeout)
     body_timeout: float = 30.0  # longest a client may take to send its request's body
+    header_timeout: float = 10.0  # longest a new connection may take to send its request head
+    idle_timeout: float = 75.0  # longest a kept-alive connection may idle between requests
     connect_timeout: float = 5.0  # TCP connect to a replica
     pool_size: int = 1024  # connections to all replicas together
     pool_per_replica: int = 256  # connections to one replica
