@@ -14,7 +14,8 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
                         name of the env var holding the DSN; never the DSN itself), schema,
                         table, workspace (default: the project name)
     gateway_*           host (loopback only, default 127.0.0.1), port 8787, auth token env var
-                        name (none), max body 16 MiB, queue timeout 30 s
+                        name (none), max body 16 MiB, queue timeout 30 s, request head
+                        timeout 10 s, idle (keep-alive) timeout 75 s
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
     capture_*           capture.root: the folder of the endpoints' inference tables (default
@@ -59,6 +60,8 @@ DEFAULT_GATEWAY_HOST = "127.0.0.1"
 DEFAULT_GATEWAY_PORT = 8787
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 30.0
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_IDLE_TIMEOUT_SECONDS = 75.0
 DEFAULT_READY_TIMEOUT_SECONDS = 180.0
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 30.0
 DEFAULT_CAPTURE_MAX_PAYLOAD_BYTES = 1024 * 1024  # Databricks logs payloads up to 1 MiB
@@ -111,6 +114,8 @@ class ProjectConfig:
     gateway_auth_token_env: str | None = None
     gateway_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     gateway_queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
+    gateway_header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    gateway_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
     default_provider: str = DEFAULT_PROVIDER
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
@@ -299,6 +304,12 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         gateway_max_body_bytes=int(gateway.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
         gateway_queue_timeout_seconds=float(
             gateway.get("queue_timeout_seconds", DEFAULT_QUEUE_TIMEOUT_SECONDS)
+        ),
+        gateway_header_timeout_seconds=float(
+            gateway.get("header_timeout_seconds", DEFAULT_HEADER_TIMEOUT_SECONDS)
+        ),
+        gateway_idle_timeout_seconds=float(
+            gateway.get("idle_timeout_seconds", DEFAULT_IDLE_TIMEOUT_SECONDS)
         ),
         default_provider=data.get("default_provider", DEFAULT_PROVIDER),
         providers={name: dict(settings) for name, settings in providers.items()},

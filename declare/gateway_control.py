@@ -55,6 +55,8 @@ class ProcessGateway:
             max_body_bytes=settings.max_body_bytes,
             queue_timeout=settings.queue_timeout_seconds,
             hold_queue=settings.hold_queue,
+            header_timeout=settings.header_timeout_seconds,
+            idle_timeout=settings.idle_timeout_seconds,
             capture_root=settings.capture_root or self.state_dir / CAPTURE_DIR,
             capture_max_payload_bytes=settings.capture_max_payload_bytes,
             settings_hash=settings.hash,

@@ -30,6 +30,8 @@ from declare.provider import Provider
 
 # requests held per endpoint while an entity has no ready replica (the gateway's default)
 DEFAULT_HOLD_QUEUE = 1000
+DEFAULT_HEADER_TIMEOUT = 10.0  # the gateway's defaults, left out of the settings' hash
+DEFAULT_IDLE_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class GatewaySettings:
     auth_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 16 * 1024 * 1024
     queue_timeout_seconds: float = 30.0
+    # a connection's first request head must arrive within this; an idle kept-alive
+    # connection is closed after the other
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT
     # requests held per endpoint while an entity has no ready replica (0: none are held,
     # a 503 at once; what a project without the runtime gets, as nothing would wake it)
     hold_queue: int = DEFAULT_HOLD_QUEUE
@@ -66,6 +72,7 @@ class GatewaySettings:
                         if self.hold_queue == DEFAULT_HOLD_QUEUE
                         else {"hold_queue": self.hold_queue}
                     ),
+                    **self._timeouts_hashed(),
                     # only when set, so that the hash of a gateway started before capture
                     # existed stays the same (no restart)
                     **(
@@ -81,6 +88,16 @@ class GatewaySettings:
                 }
             ).encode()
         ).hexdigest()[:16]
+
+    def _timeouts_hashed(self) -> dict[str, float]:
+        """The connection timeouts that differ from the defaults (a gateway started before
+        they existed keeps its hash)."""
+        hashed: dict[str, float] = {}
+        if self.header_timeout_seconds != DEFAULT_HEADER_TIMEOUT:
+            hashed["header_timeout"] = self.header_timeout_seconds
+        if self.idle_timeout_seconds != DEFAULT_IDLE_TIMEOUT:
+            hashed["idle_timeout"] = self.idle_timeout_seconds
+        return hashed
 
 
 class GatewayAdmin(Protocol):

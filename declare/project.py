@@ -130,6 +130,8 @@ class Project:
             auth_token=cfg.gateway_auth_token(self.environ),
             max_body_bytes=cfg.gateway_max_body_bytes,
             queue_timeout_seconds=cfg.gateway_queue_timeout_seconds,
+            header_timeout_seconds=cfg.gateway_header_timeout_seconds,
+            idle_timeout_seconds=cfg.gateway_idle_timeout_seconds,
             hold_queue=DEFAULT_HOLD_QUEUE if cfg.runtime.enabled else 0,
             capture_root=cfg.capture_root,
             capture_max_payload_bytes=cfg.capture_max_payload_bytes,

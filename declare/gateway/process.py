@@ -190,27 +190,28 @@ def start_gateway(
     hold_queue: int = 1000,
     eject_seconds: float = 2.0,
     body_timeout: float = 30.0,
+    header_timeout: float = 10.0,
+    idle_timeout: float = 75.0,
     capture_root: Path | None = None,
     capture_max_payload_bytes: int | None = None,
     settings_hash: str = "",
 ) -> GatewayRecord:
     """Start the project's gateway, wait until it answers, record it and return the record.
 
-    The keyword arguments are the process's options of the same names (`capture_root`: the
-    inference tables' folder, none: nothing captured); `settings_hash` is recorded, so a
-    declare that lost its state knows what the running gateway was started with. Raises
-    GatewayError when a gateway of this project already runs, when the port is taken by
-    another program, or when the process exits or stays silent at start-up (with its log).
+    Keyword arguments: the process's options of the same names (`capture_root` None: nothing
+    captured); `settings_hash` is recorded for a declare that lost its state. GatewayError
+    when this project's gateway runs already, the port is taken by another program, or the
+    process exits or stays silent at start-up (with its log).
     """
     directory = gateway_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     _refuse_when_taken(state_dir, host, port)
-    token_file = directory / TOKEN_NAME
+    token_file, log_path = directory / TOKEN_NAME, directory / LOG_NAME
     _write_private(token_file, secrets.token_urlsafe(32))
-    log_path = directory / LOG_NAME
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
+    timeouts = (body_timeout, header_timeout, idle_timeout)
     argv += _more_argv(
-        directory, hold_queue, eject_seconds, body_timeout, capture_root, capture_max_payload_bytes
+        directory, hold_queue, eject_seconds, timeouts, capture_root, capture_max_payload_bytes
     )
     offset = log_path.stat().st_size if log_path.exists() else 0
     try:
@@ -287,12 +288,14 @@ def _more_argv(
     directory: Path,
     hold_queue: int,
     eject_seconds: float,
-    body_timeout: float,
+    timeouts: tuple[float, float, float],
     capture_root: Path | None,
     capture_max_payload_bytes: int | None,
 ) -> list[str]:
+    """The options after the first ones; `timeouts`: body, request head, idle connection."""
     argv = ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
-    argv += ["--body-timeout", repr(float(body_timeout))]
+    for option, seconds in zip(("--body", "--header", "--idle"), timeouts, strict=True):
+        argv += [f"{option}-timeout", repr(float(seconds))]
     argv += ["--table-file", str(directory / TABLE_NAME)]
     if capture_root is not None:
         argv += ["--capture-root", str(capture_root)]

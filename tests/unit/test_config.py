@@ -8,6 +8,7 @@ import pytest
 
 from declare.config import load_config
 from declare.errors import ConfigError, ManifestError
+from declare.ports import GatewaySettings
 
 ENV = {
     "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
@@ -29,6 +30,7 @@ def test_defaults_without_declare_yaml(tmp_path: Path) -> None:
     assert (config.gateway_host, config.gateway_port) == ("127.0.0.1", 8787)
     assert config.gateway_max_body_bytes == 16 * 1024 * 1024
     assert config.gateway_queue_timeout_seconds == 30
+    assert (config.gateway_header_timeout_seconds, config.gateway_idle_timeout_seconds) == (10, 75)
     assert config.gateway_auth_token_env is None
     assert (config.ready_timeout_seconds, config.drain_timeout_seconds) == (180, 30)
     assert config.default_provider == "local"
@@ -89,6 +91,8 @@ gateway:
   auth_token_env: SHOP_TOKEN
   max_body_bytes: 1024
   queue_timeout_seconds: 2.5
+  header_timeout_seconds: 3
+  idle_timeout_seconds: 20.5
 default_provider: docker
 providers:
   docker:
@@ -109,6 +113,7 @@ manifests:
     with pytest.raises(ConfigError, match="SHOP_TOKEN"):
         config.gateway_auth_token({})
     assert (config.gateway_max_body_bytes, config.gateway_queue_timeout_seconds) == (1024, 2.5)
+    assert (config.gateway_header_timeout_seconds, config.gateway_idle_timeout_seconds) == (3, 20.5)
     assert config.default_provider == "docker"
     assert config.provider_settings("docker") == {"base_url": "unix:///var/run/docker.sock"}
     assert config.provider_settings("local") == {}
@@ -148,3 +153,21 @@ def test_empty_declare_yaml_means_defaults(tmp_path: Path) -> None:
     config = load_config(tmp_path, {})
     assert config.config_file == tmp_path.resolve() / "declare.yaml"
     assert config.gateway_port == 8787
+
+
+def test_the_connection_timeouts_must_be_positive(tmp_path: Path) -> None:
+    write(tmp_path, "gateway:\n  header_timeout_seconds: 0\n  idle_timeout_seconds: -1\n")
+    with pytest.raises(ManifestError) as caught:
+        load_config(tmp_path, {})
+    shown = [str(p) for p in caught.value.problems]
+    assert len(shown) == 2
+    assert shown[0].startswith("declare.yaml:2: gateway.header_timeout_seconds: ")
+    assert shown[1].startswith("declare.yaml:3: gateway.idle_timeout_seconds: ")
+
+
+def test_the_connection_timeouts_restart_the_gateway_only_when_set() -> None:
+    default = GatewaySettings("127.0.0.1", 8787)
+    assert GatewaySettings("127.0.0.1", 8787, header_timeout_seconds=10).hash == default.hash
+    assert GatewaySettings("127.0.0.1", 8787, idle_timeout_seconds=75).hash == default.hash
+    assert GatewaySettings("127.0.0.1", 8787, header_timeout_seconds=5).hash != default.hash
+    assert GatewaySettings("127.0.0.1", 8787, idle_timeout_seconds=30).hash != default.hash
