@@ -95,10 +95,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
-    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    _lifecycle_args(parser)
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
+
+
+def _lifecycle_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT, so a new gateway can take over the port before this "
+        "one stops (Linux: only processes of the same effective user share it)",
+    )
 
 
 def read_admin_token(path: Path) -> str:
@@ -173,7 +183,16 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
-async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> None:
+async def serve(
+    config: GatewayConfig, host: str, port: int, grace: float, reuse_port: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT, then close the listening socket and drain.
+
+    With `reuse_port` the socket is bound with SO_REUSEPORT: while an old and a new gateway
+    both listen, the kernel spreads new connections between them; the one that stops gets
+    none once its socket is closed. Linux lets only sockets of the same effective user share
+    a port that way, so another user cannot take over a gateway's port.
+    """
     gateway = Gateway(config)
     # handler_cancellation: a request whose client went away is cancelled, so a held request
     # (or one waiting for its replica) stops counting at once, as a proxy should.
@@ -181,7 +200,7 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         gateway.make_app(), access_log=None, handle_signals=False, handler_cancellation=True
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=grace)
+    site = web.TCPSite(runner, host, port, shutdown_timeout=grace, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -218,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = make_config(args)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(config, args.host, args.port, args.shutdown_grace))
+            runner.run(serve(config, args.host, args.port, args.shutdown_grace, args.reuse_port))
     except StartupError as exc:
         log.error("%s", exc)
         if args.log_file is not None:  # else the log already is stderr
