@@ -25,6 +25,7 @@ from aiohttp import web
 
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
 from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
+from declare.gateway.release import RELEASE_SECONDS, ConnectionRelease
 from declare.gateway.server import Gateway, GatewayConfig
 
 log = logging.getLogger("declare.gateway")
@@ -191,14 +192,15 @@ async def serve(
     With `reuse_port` the socket is bound with SO_REUSEPORT: while an old and a new gateway
     both listen, the kernel spreads new connections between them; the one that stops gets
     none once its socket is closed. Linux lets only sockets of the same effective user share
-    a port that way, so another user cannot take over a gateway's port.
+    a port that way, so another user cannot take over a gateway's port. Its clients are
+    let go first (`release.py`), so none loses a request on a kept-alive connection.
     """
-    gateway = Gateway(config)
+    app = Gateway(config).make_app()
+    release = ConnectionRelease()
+    app.on_response_prepare.append(release.on_prepare)
     # handler_cancellation: a request whose client went away is cancelled, so a held request
     # (or one waiting for its replica) stops counting at once, as a proxy should.
-    runner = web.AppRunner(
-        gateway.make_app(), access_log=None, handle_signals=False, handler_cancellation=True
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=grace, reuse_port=reuse_port or None)
     try:
@@ -227,6 +229,7 @@ async def serve(
     )
     await stop.wait()
     log.info("stopping: letting requests in flight finish (up to %g s)", grace)
+    await release.release(runner, site, min(grace, RELEASE_SECONDS))
     await runner.cleanup()
     log.info("stopped")
 
