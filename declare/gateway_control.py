@@ -13,8 +13,10 @@ from pathlib import Path
 from declare.gateway.client import GatewayClient
 from declare.gateway.process import (
     GatewayRecord,
+    can_take_over,
     gateway_running,
     read_gateway_record,
+    retire_gateway,
     start_gateway,
     stop_gateway,
 )
@@ -47,6 +49,31 @@ class ProcessGateway:
         return record.settings_hash
 
     def start(self, settings: GatewaySettings) -> None:
+        self._start(settings, None)
+
+    def restart(self, settings: GatewaySettings) -> bool:
+        """Replace the running gateway with one started with `settings`.
+
+        When the old one listens with SO_REUSEPORT, the new one binds the same port while
+        the old one still listens, loads the routing table the old one kept (`table.json`)
+        before it accepts, and is recorded once it answers; only then is the old one told
+        to stop (it closes its socket and drains its requests in flight). Otherwise (an old
+        gateway started without SO_REUSEPORT by an older declare, or on another port) the
+        old one is stopped first. Returns False when a running gateway had to be stopped
+        before the new one listened (requests meanwhile were refused), else True.
+        """
+        old = self.record()
+        same_port = old is not None and (old.host, old.port) == (settings.host, settings.port)
+        if old is None or not same_port or not can_take_over(old):
+            was_running = old is not None and gateway_running(old)
+            self.stop()
+            self._start(settings, None)
+            return not was_running
+        self._start(settings, old)
+        retire_gateway(old)
+        return True
+
+    def _start(self, settings: GatewaySettings, take_over: GatewayRecord | None) -> None:
         start_gateway(
             self.state_dir,
             host=settings.host,
@@ -60,6 +87,7 @@ class ProcessGateway:
             capture_root=settings.capture_root or self.state_dir / CAPTURE_DIR,
             capture_max_payload_bytes=settings.capture_max_payload_bytes,
             settings_hash=settings.hash,
+            take_over=take_over,
         )
 
     def stop(self) -> None:

@@ -145,6 +145,12 @@ class GatewayControl(Protocol):
         """Start it and wait until it answers; GatewayError when it cannot."""
         ...
 
+    def restart(self, settings: GatewaySettings) -> bool:
+        """Replace the running gateway by one with `settings`, the new one listening before
+        the old one stops (a handover); False when the old one could not hand over and was
+        stopped first."""
+        ...
+
     def stop(self) -> None:
         """Stop it (requests in flight finish) and forget it; nothing when none runs."""
         ...

@@ -39,6 +39,7 @@ class GatewayWorld:
     table: RoutingTable = field(default_factory=RoutingTable.empty)
     tables: list[RoutingTable] = field(default_factory=list)  # every table taken, in order
     starts: int = 0
+    restarts: int = 0  # handovers: a new gateway took over from a running one
     refuse_puts: int = 0
     stuck: set[str] = field(default_factory=set)
     figures: Figures | None = None
@@ -147,6 +148,15 @@ class FakeGateway:
             self.world.settings = settings
             self.world.table = RoutingTable.empty()
             self.world.starts += 1
+
+    def restart(self, settings: GatewaySettings) -> bool:
+        """Hand over: the table stays, the settings and the count of starts change."""
+        with self.world.lock:
+            self.world.running = True
+            self.world.settings = settings
+            self.world.starts += 1
+            self.world.restarts += 1
+            return True
 
     def stop(self) -> None:
         with self.world.lock:

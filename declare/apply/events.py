@@ -53,6 +53,14 @@ class DrainTimedOut:
 
 
 @dataclass(frozen=True)
+class GatewayStoppedFirst:
+    """The old gateway could not hand its port over (started without SO_REUSEPORT by an
+    older declare): it was stopped before the new one started."""
+
+    action: Action
+
+
+@dataclass(frozen=True)
 class UndoStep:
     """One finished action of a failed endpoint being reversed (`what` was done)."""
 
@@ -79,6 +87,7 @@ Event = (
     | ActionFailed
     | GuardsPassed
     | DrainTimedOut
+    | GatewayStoppedFirst
     | UndoStep
     | UndoFailed
     | StatusNotShown

@@ -15,7 +15,7 @@ from typing import TypeVar, assert_never
 
 from declare import secrets
 from declare.apply.context import ApplyContext
-from declare.apply.events import DrainTimedOut, GuardsPassed
+from declare.apply.events import DrainTimedOut, GatewayStoppedFirst, GuardsPassed
 from declare.errors import GatewayError, RolloutGuardError
 from declare.model import Figures, judge
 from declare.plan.actions import (
@@ -50,7 +50,12 @@ ORPHAN_GRACE_SECONDS = 5.0
 
 
 def start_gateway(ctx: ApplyContext, action: Action, p: StartGateway) -> None:
-    ctx.project.gateway.start(ctx.project.gateway_settings())
+    """Start the gateway, or (`replace`) hand over from the running one; then push."""
+    settings = ctx.project.gateway_settings()
+    if not p.replace:
+        ctx.project.gateway.start(settings)
+    elif not ctx.project.gateway.restart(settings):
+        ctx.emit(GatewayStoppedFirst(action))
     ctx.ledger.record_gateway(RecordedGateway(p.host, p.port, p.settings_hash))
     ctx.ledger.push(required=True)
 

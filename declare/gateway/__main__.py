@@ -26,6 +26,7 @@ from aiohttp import web
 from declare.gateway import AUTH_ENV, MAX_BODY_BYTES
 from declare.gateway.capture.rows import MAX_PAYLOAD_BYTES
 from declare.gateway.protocol import GatewayRunner
+from declare.gateway.release import RELEASE_SECONDS, ConnectionRelease
 from declare.gateway.server import Gateway, GatewayConfig
 
 log = logging.getLogger("declare.gateway")
@@ -113,10 +114,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
-    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    _lifecycle_args(parser)
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
+
+
+def _lifecycle_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shutdown-grace", type=float, default=30.0)
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT, so a new gateway can take over the port before this "
+        "one stops (Linux: only processes of the same effective user share it)",
+    )
 
 
 def read_admin_token(path: Path) -> str:
@@ -197,13 +208,25 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
-async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> None:
-    gateway = Gateway(config)
+async def serve(
+    config: GatewayConfig, host: str, port: int, grace: float, reuse_port: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT, then close the listening socket and drain.
+
+    With `reuse_port` the socket is bound with SO_REUSEPORT: while an old and a new gateway
+    both listen, the kernel spreads new connections between them; the one that stops gets
+    none once its socket is closed. Linux lets only sockets of the same effective user share
+    a port that way, so another user cannot take over a gateway's port. Its clients are
+    let go first (`release.py`), so none loses a request on a kept-alive connection.
+    """
+    app = Gateway(config).make_app()
+    release = ConnectionRelease()
+    app.on_response_prepare.append(release.on_prepare)
     # handler_cancellation: a request whose client went away is cancelled, so a held request
     # (or one waiting for its replica) stops counting at once, as a proxy should.
     # GatewayRunner (protocol.py): aiohttp's own error answers in JSON, the head timeout.
     runner = GatewayRunner(
-        gateway.make_app(),
+        app,
         header_timeout=config.header_timeout,
         keepalive_timeout=config.idle_timeout,
         access_log=None,
@@ -211,7 +234,7 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
         handler_cancellation=True,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=grace)
+    site = web.TCPSite(runner, host, port, shutdown_timeout=grace, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -241,6 +264,7 @@ async def serve(config: GatewayConfig, host: str, port: int, grace: float) -> No
     )
     await stop.wait()
     log.info("stopping: letting requests in flight finish (up to %g s)", grace)
+    await release.release(runner, site, min(grace, RELEASE_SECONDS))
     await runner.cleanup()
     log.info("stopped")
 
@@ -251,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = make_config(args)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(config, args.host, args.port, args.shutdown_grace))
+            runner.run(serve(config, args.host, args.port, args.shutdown_grace, args.reuse_port))
     except StartupError as exc:
         log.error("%s", exc)
         if args.log_file is not None:  # else the log already is stderr

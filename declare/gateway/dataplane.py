@@ -93,7 +93,7 @@ class DataPlane:
         live = self._state.live  # this request's table, whatever is pushed meanwhile
         endpoint = live.compiled.endpoints.get(name)
         if endpoint is None:
-            return no_such_endpoint(name)
+            return _unknown_endpoint(self._state, name, self._retry_after)
         limited = over_limit(self._limiter, self._caller, endpoint)
         if limited is not None:
             response, entity = limited, None
@@ -358,3 +358,16 @@ def json_problem(body: bytes) -> str | None:
             f"instances or inputs), not {kind}"
         )
     return None
+
+
+def _unknown_endpoint(
+    state: GatewayState, name: str, retry_after: Mapping[str, str]
+) -> web.Response:
+    """404 for an endpoint the table does not route; 503 + Retry-After while a gateway just
+    started has no table yet (the routes apply is about to push may name it)."""
+    if state.awaiting_table():
+        return unavailable(
+            f"the gateway started and awaits its routes; {name!r} may be among them",
+            retry_after,
+        )
+    return no_such_endpoint(name)

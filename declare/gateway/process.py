@@ -5,6 +5,12 @@ The gateway runs detached (it outlives `declare apply`). Its files sit in
 (the record: process identity, address, settings) and `gateway.log`. The end-user auth token
 is passed through the environment only and never written to disk.
 
+A gateway listens with SO_REUSEPORT, so a new one (a settings change) binds the same port
+while the old one still listens, loads the table the old one kept (`table.json`) before it
+accepts, and only then is the old one stopped (`retire_gateway`): it closes its socket and
+drains. Linux lets only sockets of the same effective user share a port that way: another
+user's process cannot bind the gateway's port alongside it.
+
 Stopping signals only the recorded process, identified by PID and start time. This module
 does not push routing tables (see `declare.gateway.client`) and does not serve anything
 itself (see `server.py`); the process's command line is built here and parsed in
@@ -59,6 +65,9 @@ class GatewayRecord:
     # the hash of the settings it was started with (`GatewaySettings.hash`; "": not said,
     # a gateway started by a declare that did not record it)
     settings_hash: str = ""
+    # whether it listens with SO_REUSEPORT, so a new gateway can take over its port (False:
+    # started by a declare before the handover; it is stopped before a new one starts)
+    reuse_port: bool = False
 
     @property
     def base_url(self) -> str:
@@ -91,6 +100,7 @@ class GatewayRecord:
             "eject_seconds": self.eject_seconds,
             "capture_root": None if self.capture_root is None else str(self.capture_root),
             "settings_hash": self.settings_hash,
+            "reuse_port": self.reuse_port,
         }
 
     @classmethod
@@ -110,6 +120,7 @@ class GatewayRecord:
             eject_seconds=float(data.get("eject_seconds", 2.0)),
             capture_root=Path(data["capture_root"]) if data.get("capture_root") else None,
             settings_hash=str(data.get("settings_hash", "")),
+            reuse_port=bool(data.get("reuse_port", False)),
         )
 
 
@@ -195,17 +206,20 @@ def start_gateway(
     capture_root: Path | None = None,
     capture_max_payload_bytes: int | None = None,
     settings_hash: str = "",
+    take_over: GatewayRecord | None = None,
 ) -> GatewayRecord:
-    """Start the project's gateway, wait until it answers, record it and return the record.
+    """Start the project's gateway (SO_REUSEPORT), wait until it answers, record it.
 
     Keyword arguments: the process's options of the same names (`capture_root` None: nothing
-    captured); `settings_hash` is recorded for a declare that lost its state. GatewayError
-    when this project's gateway runs already, the port is taken by another program, or the
-    process exits or stays silent at start-up (with its log).
+    captured); `settings_hash` is recorded for a declare that lost its state. `take_over`:
+    the running gateway whose port it shares (recorded in its stead; the caller stops it).
+    GatewayError when this project's gateway runs already (and is not `take_over`), the port
+    is taken by another program, or the process exits or stays silent at start-up.
     """
     directory = gateway_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_when_taken(state_dir, host, port)
+    if take_over is None:
+        _refuse_when_taken(state_dir, host, port)
     token_file, log_path = directory / TOKEN_NAME, directory / LOG_NAME
     _write_private(token_file, secrets.token_urlsafe(32))
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
@@ -213,11 +227,7 @@ def start_gateway(
     argv += _more_argv(
         directory, hold_queue, eject_seconds, timeouts, capture_root, capture_max_payload_bytes
     )
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    try:
-        proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
-    except OSError as exc:
-        raise GatewayError(f"cannot start the gateway process: {exc}") from exc
+    proc, offset = _spawn(argv, log_path, auth_token, directory)
     _wait_until_answering(proc, host, port, log_path, offset, startup_timeout)
     record = GatewayRecord(
         process=proc,
@@ -234,9 +244,22 @@ def start_gateway(
         eject_seconds=float(eject_seconds),
         capture_root=capture_root,
         settings_hash=settings_hash,
+        reuse_port=True,
     )
     _write_record(directory / RECORD_NAME, record)
     return record
+
+
+def _spawn(
+    argv: list[str], log_path: Path, auth_token: str | None, directory: Path
+) -> tuple[procs.ProcessId, int]:
+    """Start the gateway process detached; its identity and where its log begins now."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    try:
+        proc = procs.start_detached(argv, log_path, _gateway_env(auth_token), cwd=directory)
+    except OSError as exc:
+        raise GatewayError(f"cannot start the gateway process: {exc}") from exc
+    return proc, offset
 
 
 def _refuse_when_taken(state_dir: Path, host: str, port: int) -> None:
@@ -281,6 +304,7 @@ def _gateway_argv(
         str(queue_timeout),
         "--upstream-timeout",
         str(upstream_timeout),
+        "--reuse-port",
     ]
 
 
@@ -355,3 +379,16 @@ def stop_gateway(state_dir: Path, grace_seconds: float = 30.0) -> bool:
     for name in (RECORD_NAME, TOKEN_NAME, TABLE_NAME):
         (directory / name).unlink(missing_ok=True)
     return was_running
+
+
+def can_take_over(record: GatewayRecord | None) -> bool:
+    """True when `record`'s gateway runs and listens with SO_REUSEPORT: a new gateway may
+    bind its port while it still listens (a gateway started by an older declare may not)."""
+    return record is not None and record.reuse_port and gateway_running(record)
+
+
+def retire_gateway(old: GatewayRecord, grace_seconds: float = 30.0) -> None:
+    """Stop `old`, a gateway another one took over from (by PID and start time): SIGTERM
+    makes it close its listening socket and let its requests in flight finish, then exit.
+    Its files are the new gateway's now and are kept."""
+    procs.stop(old.process, grace_seconds=grace_seconds)

@@ -15,6 +15,7 @@ This module does no I/O and serves no HTTP, and it does not choose entities or r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ from declare.gateway.eject import Ejections
 from declare.gateway.limits import RateLimiter
 from declare.gateway.metrics import DEFAULT_CAPACITY, Metrics
 from declare.gateway.table import RoutingTable
+
+# How long a gateway with no table yet answers 503 (not 404) for an endpoint it does not know.
+STARTUP_WINDOW_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,14 @@ class GatewayState:
         # captured requests waiting to be written (`is None`: an empty buffer is falsy)
         self.capture = CaptureBuffer() if capture is None else capture
         self.on_table: list[Callable[[CompiledTable], None]] = []  # told of every push
+        # when no table was kept nor pushed yet: an endpoint it has no route for may be one
+        # apply is about to push, so it answers 503 + Retry-After, not 404 (`awaiting_table`)
+        self.born = time.monotonic()
+        self.table_in = False
+
+    def awaiting_table(self, window: float = STARTUP_WINDOW_SECONDS) -> bool:
+        """True while no table came in and the process is younger than `window` seconds."""
+        return not self.table_in and time.monotonic() - self.born < window
 
     @property
     def table(self) -> RoutingTable:
@@ -86,6 +98,7 @@ class GatewayState:
         rate-limit counters it no longer routes, then tell `on_table`."""
         live = build_live(table)
         self.live = live  # the swap: one reference assignment
+        self.table_in = True
         self.demand.forget_except(table_keys(live.compiled))
         self.limiter.forget_except(live.compiled.endpoints)
         for listener in self.on_table:

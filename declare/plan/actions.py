@@ -73,10 +73,14 @@ _SYMBOLS = {
 
 @dataclass(frozen=True)
 class StartGateway:
+    """Start the gateway; `replace`: it takes over from the running one (a settings change),
+    which stops only once the new one answers."""
+
     KIND: ClassVar = ActionKind.START_GATEWAY
     host: str
     port: int
     settings_hash: str
+    replace: bool = False
 
 
 @dataclass(frozen=True)

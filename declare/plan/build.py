@@ -180,21 +180,18 @@ def _gateway_start(g: _Graph, inp: PlanInput) -> str | None:
         )
     if gw.running and not restart:
         return None
-    stop_id = None
     if restart:
+        # One action: the new gateway takes over the port, then the old one drains and
+        # stops (`GatewayControl.restart`), so no request meets a closed port.
         why = "its settings changed" if gw.recorded_hash else "its settings are not recorded"
-        stop_id = g.add(Action("gateway.stop", None, f"stop the gateway ({why})", StopGateway()))
-    start_id = g.add(
-        Action(
-            "gateway.start",
-            None,
-            f"start the gateway on {gw.host}:{gw.port}",
-            StartGateway(gw.host, gw.port, gw.settings_hash),
+        summary = (
+            f"restart the gateway on {gw.host}:{gw.port} ({why}; the new one takes over "
+            "the port, then the old one drains)"
         )
-    )
-    # The old gateway must release its port before the new one binds it.
-    g.edge(stop_id, start_id)
-    return start_id
+    else:
+        summary = f"start the gateway on {gw.host}:{gw.port}"
+    payload = StartGateway(gw.host, gw.port, gw.settings_hash, replace=restart)
+    return g.add(Action("gateway.start", None, summary, payload))
 
 
 def _gateway_stop(g: _Graph, inp: PlanInput, tails: Sequence[str]) -> None:

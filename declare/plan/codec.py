@@ -58,7 +58,14 @@ from declare.state.document import EndpointRecord
 def payload_to_json(p: Payload) -> dict[str, Any]:
     """The payload's JSON object (the `payload` of an action in plan JSON)."""
     match p:
-        case StartGateway() | AdoptGateway():
+        case StartGateway():
+            return {
+                "host": p.host,
+                "port": p.port,
+                "settings_hash": p.settings_hash,
+                "replace": p.replace,
+            }
+        case AdoptGateway():
             return {"host": p.host, "port": p.port, "settings_hash": p.settings_hash}
         case StopGateway() | RemoveRoutes() | StopRuntime():
             return {}
@@ -114,7 +121,7 @@ def _split(raw: Any) -> tuple[tuple[str, str, int], ...]:
 
 _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
     ActionKind.START_GATEWAY: lambda d: StartGateway(
-        str(d["host"]), int(d["port"]), str(d["settings_hash"])
+        str(d["host"]), int(d["port"]), str(d["settings_hash"]), bool(d.get("replace", False))
     ),
     ActionKind.ADOPT_GATEWAY: lambda d: AdoptGateway(
         str(d["host"]), int(d["port"]), str(d["settings_hash"])

@@ -36,6 +36,7 @@ from declare.apply.events import (
     DrainTimedOut,
     EndpointOutcome,
     Event,
+    GatewayStoppedFirst,
     GuardsPassed,
     Serving,
     StatusNotShown,
@@ -81,6 +82,12 @@ def event_text(event: Event) -> str:
             return f"{a.id}: guards pass at step {step}/{of} ({seen or 'no requests'})"
         case DrainTimedOut(action=a, seconds=s):
             return f"{a.id}: requests still in flight after {s:.0f} s; stopping anyway"
+        case GatewayStoppedFirst(action=a):
+            return (
+                f"{a.id}: the old gateway cannot hand its port over (started without "
+                "SO_REUSEPORT by an older declare): it was stopped first, so requests "
+                "meanwhile were refused"
+            )
         case UndoStep(action=a, what=what):
             return f"{a.id}: undo: {what}"
         case UndoFailed(action=a, error=error):
@@ -248,6 +255,8 @@ def event_json(event: Event) -> dict[str, Any]:
             }
         case DrainTimedOut(action=a, seconds=s):
             return {"type": "drain_timeout", "action": _action_ref(a), "timeout_seconds": s}
+        case GatewayStoppedFirst(action=a):
+            return {"type": "gateway_stopped_first", "action": _action_ref(a)}
         case UndoStep(action=a, what=what):
             return {"type": "undo", "action": _action_ref(a), "what": what}
         case UndoFailed(action=a, error=error):
@@ -261,6 +270,7 @@ _LEVELS = {
     "undo_error": "error",
     "drain_timeout": "warn",
     "status_not_shown": "warn",
+    "gateway_stopped_first": "warn",
 }
 
 

@@ -47,7 +47,7 @@ def test_a_gateway_with_unrecorded_settings_is_restarted_and_recorded(
 
     plan = project.declare("plan")
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert "stop the gateway (its settings are not recorded)" in plan.stdout, plan.stdout
+    assert "(its settings are not recorded; the new one takes over" in plan.stdout, plan.stdout
     recovered = project.declare("apply", "--auto-approve")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert project.state()["gateway"] is not None
@@ -62,7 +62,8 @@ def test_a_gateway_with_unrecorded_settings_is_restarted_and_recorded(
     env = {"SERVING_TOKEN": "t0ken"}
     changed = project.declare("plan", "--detailed-exitcode", env=env)
     assert changed.returncode == 2, changed.stdout + changed.stderr
-    assert "stop the gateway (its settings changed)" in changed.stdout
+    assert "restart the gateway on" in changed.stdout
+    assert "(its settings changed; the new one takes over" in changed.stdout
     enforced = project.declare("apply", "--auto-approve", env=env)
     assert enforced.returncode == 0, enforced.stdout + enforced.stderr
     assert project.predict().status_code == 401
