@@ -7,6 +7,8 @@ the local provider starts it for `providers.local.server: declare`. Modules, fro
     http       HTTP/1.1 on asyncio and httptools; one request at a time per connection
     scoring    MLflow's paths (/invocations, /ping, /health, /version), answered with MLflow's
                own parsing, prediction and serialization functions
+    body       the JSON object of a small JSON body, decoded once for the two below
+    direct     the short way to a scikit-learn model's answer, for requests it cannot change
     joining    which requests may share a predict call; joins their rows and splits the answer
     batching   adaptive micro-batching: joins what comes while a predict runs
 

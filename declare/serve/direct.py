@@ -10,16 +10,17 @@ it against the schema, and sklearn turns it back into the float64 array it compu
 - its input schema is named columns, every one `double` and required, and the estimator was
   fitted with those feature names in that order (or with none);
 
-and `answer(body, content_type)` takes the short way only for a request that MLflow would turn
-into exactly that float64 array: `application/json` (charset utf-8 or none), at most 64 KiB, a
-JSON object with only `dataframe_split` (`columns` equal to the schema's, in order, and `data`)
-or only `dataframe_records` (every record's keys the schema's, in order), at least one row, and
-every value a JSON number (not a boolean). It builds the array, calls the estimator's predict
-function on it, and serializes its output with MLflow's `predictions_to_json`. Anything else,
-or an output that is not an ndarray of one row per row, is answered by MLflow's own path
-(`declare.serve.scoring`), and so is a request whose prediction raises, so errors are MLflow's,
-word for word. When MLflow's path answers a request on which the estimator raised, the short
-way is turned off for good (the estimator wants a DataFrame).
+and `rows(data)` takes the short way only for a request that MLflow would turn into exactly
+that float64 array: `application/json` (charset utf-8 or none), at most 64 KiB, decoded once by
+`declare.serve.body`, a JSON object with only `dataframe_split` (`columns` equal to the
+schema's, in order, and `data`) or only `dataframe_records` (every record's keys the schema's,
+in order), at least one row, and every value a JSON number (not a boolean). It builds the
+array, calls the estimator's predict function on it, and serializes its output with MLflow's
+`predictions_to_json`. Anything else, or an output that is not an ndarray of one row per row,
+is answered by MLflow's own path (`declare.serve.scoring`), and so is a request whose
+prediction raises, so errors are MLflow's, word for word. When MLflow's path answers a request
+on which the estimator raised, the short way is turned off for good (the estimator wants a
+DataFrame).
 
 What it does not do: other flavors, params, CSV, `instances`/`inputs`; it does not enforce
 the schema itself (it only takes requests that pass it by construction).
@@ -28,28 +29,12 @@ the schema itself (it only takes requests that pass it by construction).
 from __future__ import annotations
 
 import io
-import json
 import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["Direct"]
-
-MAX_BODY_BYTES = 64 * 1024
-
-
-def _is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return False
-    mime, *parameters = (part.strip() for part in content_type.split(";"))
-    if mime != "application/json":
-        return False
-    for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name != "charset" or value.lower() != "utf-8":
-            return False
-    return True
 
 
 def _numbers(row: Sequence[Any]) -> bool:
@@ -112,15 +97,10 @@ class Direct:
         # it has no column names says nothing here.
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
-    def rows(self, body: bytes, content_type: str | None) -> list[list[Any]] | None:
-        """The request's rows when the short way gives MLflow's answer; else None."""
-        if not self.enabled or len(body) > MAX_BODY_BYTES or not _is_json(content_type):
-            return None
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if not isinstance(data, dict) or len(data) != 1:
+    def rows(self, data: dict[str, Any] | None) -> list[list[Any]] | None:
+        """The rows of the request's JSON object (`declare.serve.body.json_object`) when the
+        short way gives MLflow's answer; else None."""
+        if not self.enabled or data is None or len(data) != 1:
             return None
         names = self._names
         if "dataframe_split" in data:

@@ -4,7 +4,8 @@
 casts each column to the schema's type, so a joined frame has the types each request's own
 frame would have). `candidate(body, content_type)` says whether a request can be joined:
 
-- Content-Type `application/json` (charset utf-8 or none), a body of at most 64 KiB;
+- Content-Type `application/json` (charset utf-8 or none), a body of at most 64 KiB
+  (`declare.serve.body`);
 - a JSON object with `dataframe_split` (`columns` and `data`, no `index`) or
   `dataframe_records`, optionally `params`, and nothing else;
 - at least one row and at most `max_rows`; every row of the same shape: the same columns in the
@@ -41,7 +42,6 @@ from typing import Any
 
 __all__ = ["Candidate", "Joiner"]
 
-MAX_BODY_BYTES = 64 * 1024
 _SCALARS = (str, int, float, bool, type(None))
 _SPLIT = "dataframe_split"
 _RECORDS = "dataframe_records"
@@ -54,19 +54,6 @@ class Candidate:
     columns: tuple[str, ...]
     params: dict[str, Any] | None
     size: int
-
-
-def _is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return False
-    mime, *parameters = (part.strip() for part in content_type.split(";"))
-    if mime != "application/json":
-        return False
-    for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name != "charset" or value.lower() != "utf-8":
-            return False
-    return True
 
 
 def _types(values: Sequence[Any]) -> tuple[str, ...] | None:
@@ -167,15 +154,10 @@ class Joiner:
         self._takes_params = "params" in inspect.signature(model.predict).parameters
         self.enabled = True
 
-    def candidate(self, body: bytes, content_type: str | None) -> Candidate | None:
-        """This request as a Candidate, or None when it must be answered alone."""
-        if not self.enabled or len(body) > MAX_BODY_BYTES or not _is_json(content_type):
-            return None
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if not isinstance(data, dict):
+    def candidate(self, data: dict[str, Any] | None) -> Candidate | None:
+        """The request (its JSON object, `declare.serve.body.json_object`) as a Candidate, or
+        None when it must be answered alone."""
+        if not self.enabled or data is None:
             return None
         params = data.get("params")
         if params is not None and not isinstance(params, dict):

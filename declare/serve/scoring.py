@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from declare.serve.batching import Batcher
+from declare.serve.body import json_object
 from declare.serve.direct import Direct
 from declare.serve.http import Request, Response
 from declare.serve.joining import Candidate, Joiner
@@ -142,13 +143,14 @@ class Scoring:
 
     async def _invocations(self, request: Request) -> Response:
         body, content_type = request.body, request.headers.get("content-type")
-        direct = self._direct
+        direct, joining = self._direct, self._joiner is not None and self._batcher is not None
+        data = json_object(body, content_type) if direct is not None or joining else None
         if direct is not None and direct.enabled:
-            rows = direct.rows(body, content_type)
+            rows = direct.rows(data)
             if rows is not None:
                 return await self._short_way(direct, rows, body, content_type)
         if self._joiner is not None and self._batcher is not None:
-            candidate = self._joiner.candidate(body, content_type)
+            candidate = self._joiner.candidate(data)
             if candidate is not None:
                 joined = await self._batcher.submit(candidate)
                 if joined is not None:

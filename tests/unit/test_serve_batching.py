@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from declare.serve.batching import Batcher
+from declare.serve.body import json_object
 
 
 class Recorder:
@@ -231,7 +232,7 @@ def test_what_the_joiner_takes(
 
     joiner = Joiner.for_model(iris_model, max_rows=64)
     assert joiner is not None
-    assert (joiner.candidate(body, content_type) is not None) is joinable
+    assert (joiner.candidate(json_object(body, content_type)) is not None) is joinable
 
 
 def test_joined_requests_get_their_own_rows_answers_and_params_and_types_keep_apart(
@@ -242,10 +243,10 @@ def test_joined_requests_get_their_own_rows_answers_and_params_and_types_keep_ap
     joiner = Joiner.for_model(iris_model, max_rows=64)
     assert joiner is not None
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.1, 5.6, 2.4], [5.9, 3.0, 4.2, 1.5]]
-    one = joiner.candidate(split([rows[0]]), JSON)
-    two = joiner.candidate(split(rows[1:]), JSON)
-    ints = joiner.candidate(split([[6, 3, 5, 2]]), JSON)
-    with_params = joiner.candidate(split([rows[0]], params={"a": 1}), JSON)
+    one = joiner.candidate(json_object(split([rows[0]]), JSON))
+    two = joiner.candidate(json_object(split(rows[1:]), JSON))
+    ints = joiner.candidate(json_object(split([[6, 3, 5, 2]]), JSON))
+    with_params = joiner.candidate(json_object(split([rows[0]], params={"a": 1}), JSON))
     assert one and two and ints and with_params
     assert one.key == two.key and ints.key != one.key and with_params.key != one.key
     expected = [iris_model.predict(iris_model_frame(r)).tolist() for r in (rows[:1], rows[1:])]
@@ -264,8 +265,10 @@ def test_a_join_that_fails_sends_every_request_back_to_be_answered_alone(iris_mo
 
     joiner = Joiner.for_model(iris_model, max_rows=64)
     assert joiner is not None
-    good = joiner.candidate(split([[5.1, 3.5, 1.4, 0.2]]), JSON)
-    text = joiner.candidate(split([["a", 3.5, 1.4, 0.2]]), JSON)  # the schema says double
+    good = joiner.candidate(json_object(split([[5.1, 3.5, 1.4, 0.2]]), JSON))
+    text = joiner.candidate(
+        json_object(split([["a", 3.5, 1.4, 0.2]]), JSON)
+    )  # the schema says double
     assert good and text
     assert joiner.run([text]) == [None]
     assert joiner.run([good]) != [None]
@@ -277,12 +280,12 @@ def test_the_short_way_takes_numbers_for_the_schemas_columns_only(iris_model: An
     direct = Direct.for_model(iris_model)
     assert direct is not None
     row = [5.1, 3.5, 1.4, 0.2]
-    assert direct.rows(split([row]), JSON) == [row]
-    assert direct.rows(records([row, [6, 3, 5, 2]]), JSON) == [row, [6, 3, 5, 2]]
-    assert direct.rows(split([[True, 3.5, 1.4, 0.2]]), JSON) is None  # a boolean
-    assert direct.rows(split([[None, 3.5, 1.4, 0.2]]), JSON) is None
-    assert direct.rows(split([row], params={"a": 1}), JSON) is None
+    assert direct.rows(json_object(split([row]), JSON)) == [row]
+    assert direct.rows(json_object(records([row, [6, 3, 5, 2]]), JSON)) == [row, [6, 3, 5, 2]]
+    assert direct.rows(json_object(split([[True, 3.5, 1.4, 0.2]]), JSON)) is None  # a boolean
+    assert direct.rows(json_object(split([[None, 3.5, 1.4, 0.2]]), JSON)) is None
+    assert direct.rows(json_object(split([row], params={"a": 1}), JSON)) is None
     reordered = json.dumps({"dataframe_split": {"columns": COLUMNS[::-1], "data": [row]}})
-    assert direct.rows(reordered.encode(), JSON) is None
+    assert direct.rows(json_object(reordered.encode(), JSON)) is None
     answer = direct.answer([[row], [[6.7, 3.1, 5.6, 2.4]]])
     assert [json.loads(a or b"") for a in answer] == [{"predictions": [0]}, {"predictions": [2]}]
