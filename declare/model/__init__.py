@@ -9,6 +9,7 @@ no I/O, no MLflow, no processes.
     batching   Batching: a served entity's micro-batching (opt-in)
     rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
     capture    CaptureTarget: an endpoint's inference table and its folder
+    agreement  whether two answers to one request agree, row by row (replay, shadow)
     limits     RateLimit and how a manifest's limits are read
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
