@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Protocol
 
 from declare.diff import Change
-from declare.model import Figures
+from declare.model import Evidence, Figures
 from declare.plan.actions import Action
 
 
@@ -44,6 +44,23 @@ class GuardsPassed:
     step: int
     of: int
     figures: Mapping[str, Figures] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvidencePassed:
+    """A replay or shadow step ended with every bound holding, on this evidence (by
+    candidate entity)."""
+
+    action: Action
+    figures: Mapping[str, Evidence] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvidenceSkipped:
+    """A replay the plan skipped (too few captured requests, `when_insufficient: skip`)."""
+
+    action: Action
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,8 @@ Event = (
     | ActionFinished
     | ActionFailed
     | GuardsPassed
+    | EvidencePassed
+    | EvidenceSkipped
     | DrainTimedOut
     | GatewayStoppedFirst
     | UndoStep

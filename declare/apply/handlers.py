@@ -9,15 +9,24 @@ the executor records the failure and the undo reverses what finished (`rollback.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar, assert_never
 
 from declare import secrets
 from declare.apply.context import ApplyContext
-from declare.apply.events import DrainTimedOut, GatewayStoppedFirst, GuardsPassed
+from declare.apply.events import (
+    DrainTimedOut,
+    EvidencePassed,
+    EvidenceSkipped,
+    GatewayStoppedFirst,
+    GuardsPassed,
+)
 from declare.errors import GatewayError, RolloutGuardError
-from declare.model import Figures, judge
+from declare.evidence import captured
+from declare.evidence.replay import replay as replay_requests
+from declare.model import Evidence, Figures, judge, verdict
 from declare.plan.actions import (
     Action,
     ActionKind,
@@ -30,7 +39,9 @@ from declare.plan.actions import (
     ForgetReplica,
     Payload,
     RemoveRoutes,
+    Replay,
     SetRoutes,
+    Shadow,
     ShiftTraffic,
     StartGateway,
     StartReplica,
@@ -41,7 +52,13 @@ from declare.plan.actions import (
     StopRuntime,
 )
 from declare.routing import target_key
-from declare.state.document import RecordedGateway, RecordedRuntime, ReplicaRecord, State
+from declare.state.document import (
+    RecordedGateway,
+    RecordedRuntime,
+    ReplicaRecord,
+    ShadowRoute,
+    State,
+)
 
 REPLICA_GRACE_SECONDS = 10.0
 ORPHAN_GRACE_SECONDS = 5.0
@@ -164,6 +181,7 @@ def set_routes(ctx: ApplyContext, action: Action, p: SetRoutes) -> None:
                 routes=p.spec.routes,
                 serving=dict(p.serving),
                 split=(),
+                shadow=None,
                 replicas=tuple(
                     replace(x, retired=True) if x.id in retire else x
                     for x in before.replicas
@@ -244,6 +262,114 @@ def watch_figures(
     return out
 
 
+# -- evidence before traffic moves -----------------------------------------------------------
+
+
+def replay(ctx: ApplyContext, action: Action, p: Replay) -> None:
+    """Replay the newest captured requests against each candidate and the entity it is
+    compared with, straight to their replicas; a tripped bound raises (and so rolls back)."""
+    name = str(action.endpoint)
+    if p.skip:
+        ctx.emit(EvidenceSkipped(action, p.skip))
+        return
+    if p.capture is None:
+        raise RolloutGuardError("replay: the endpoint has no inference table to replay from")
+    policy = p.policy
+    requests = captured.newest(p.capture.path(ctx.project.capture_root()), name, policy.requests)
+    if len(requests) < policy.min_requests:
+        raise RolloutGuardError(
+            f"replay: the inference table {p.capture.table_name} holds {len(requests)} "
+            f"replayable requests now, fewer than min_requests {policy.min_requests}"
+        )
+    record = ctx.ledger.state.endpoints[name]
+    figures: dict[str, Evidence] = {}
+    for cand, cand_gen, serving, serving_gen in p.pairs:
+        evidence = replay_requests(
+            requests,
+            [r.handle.url for r in record.serving_replicas(serving, serving_gen)],
+            [r.handle.url for r in record.serving_replicas(cand, cand_gen)],
+            policy.bounds.tolerance,
+            should_stop=lambda: ctx.check_deadline(name),
+        )
+        figures[cand] = evidence
+        if evidence.requests < policy.min_requests:
+            raise RolloutGuardError(
+                f"replay: {serving} answered only {evidence.requests} of {len(requests)} "
+                f"captured requests, fewer than min_requests {policy.min_requests}"
+            )
+        why = verdict(policy.bounds, cand, evidence)
+        if why:
+            raise RolloutGuardError(
+                f"replay of {len(requests)} captured requests against {serving}: {why}"
+            )
+    ctx.emit(EvidencePassed(action, figures))
+
+
+def shadow(ctx: ApplyContext, action: Action, p: Shadow) -> None:
+    """Mirror live requests to the candidate for `seconds`, judged as the gateway measures;
+    a tripped bound, or too little evidence by the end, raises (and so rolls back). The
+    mirror is taken away again either way."""
+    name = str(action.endpoint)
+    cand, cand_gen, _, _ = p.pair
+    policy = p.policy
+    route = ShadowRoute(cand, cand_gen, policy.percent, policy.bounds.tolerance)
+
+    def mirrored(state: State) -> State:
+        before = state.endpoints[name]
+        ctx.fold(name, lambda pr: pr.with_snapshot(before))
+        return state.with_endpoint(replace(before, shadow=route))
+
+    def unmirrored(state: State) -> State:
+        return state.with_endpoint(replace(state.endpoints[name], shadow=None))
+
+    ctx.ledger.switch(mirrored, "the shadow cannot be set")
+    clock = ctx.clock
+    since = clock.time()
+    deadline = clock.monotonic() + policy.seconds
+    evidence = Evidence()
+    try:
+        while True:
+            clock.sleep(min(1.0, max(0.0, deadline - clock.monotonic())))
+            ctx.check_deadline(name)
+            evidence = shadow_evidence(ctx, name, route.key, since)
+            if evidence.requests >= policy.min_requests:
+                why = verdict(policy.bounds, cand, evidence)
+                if why:
+                    raise RolloutGuardError(f"shadow: {why}")
+            if clock.monotonic() >= deadline:
+                break
+        if evidence.requests < policy.min_requests:
+            raise RolloutGuardError(
+                f"shadow: {evidence.requests} mirrored requests answered in "
+                f"{policy.seconds:g}s, fewer than min_requests {policy.min_requests}: not "
+                "enough evidence (more traffic, a larger percent or longer seconds)"
+            )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the undo restores the routing anyway
+            ctx.ledger.switch(unmirrored, "the shadow cannot be taken away")
+        raise
+    ctx.ledger.switch(unmirrored, "the shadow cannot be taken away")
+    ctx.emit(EvidencePassed(action, {cand: evidence}))
+
+
+def shadow_evidence(ctx: ApplyContext, name: str, key: str, since: float) -> Evidence:
+    """What the gateway measured of the mirrored requests to `key` since `since`."""
+    admin = ctx.project.gateway.admin()
+    if admin is None:
+        raise GatewayError("the gateway stopped during the shadow step")
+    with admin:
+        metrics = admin.metrics(since)
+    m = metrics.get("endpoints", {}).get(name, {}).get("shadow", {}).get(key, {})
+    return Evidence(
+        requests=int(m.get("requests", 0)),
+        errors=int(m.get("errors", 0)),
+        rows=int(m.get("rows", 0)),
+        differing=int(m.get("differing", 0)),
+        p99_ms=float(m.get("p99_ms") or 0.0),
+        serving_p99_ms=float(m.get("primary_p99_ms") or 0.0),
+    )
+
+
 # -- the registry ---------------------------------------------------------------------------
 
 Handler = Callable[[ApplyContext, Action], None]
@@ -280,6 +406,10 @@ def _handler(kind: ActionKind) -> Handler:
             return _bind(AdoptReplica, adopt_replica)
         case ActionKind.AWAIT_READY:
             return _bind(AwaitReady, await_ready)
+        case ActionKind.REPLAY:
+            return _bind(Replay, replay)
+        case ActionKind.SHADOW:
+            return _bind(Shadow, shadow)
         case ActionKind.SHIFT_TRAFFIC:
             return _bind(ShiftTraffic, shift_traffic)
         case ActionKind.BAKE:

@@ -1,7 +1,7 @@
 """Undo a failed endpoint's apply and record UPDATE_FAILED, in an order that never routes a
 request to a replica that is stopped:
 
-1. traffic first: if a traffic switch or shift began (finished or not: its push may have
+1. traffic first: if a traffic switch, shift or shadow began (finished or not: its push may have
    reached the gateway before its state write failed), one push of the routing table sends
    all traffic back to what served before (the record snapshotted before traffic first
    moved), with every replica this apply started out of rotation (a scale-up's new replica
@@ -31,7 +31,7 @@ from declare.apply.events import Serving, StatusNotShown, UndoFailed, UndoStep
 from declare.apply.handlers import REPLICA_GRACE_SECONDS
 from declare.apply.progress import Progress
 from declare.errors import StateError
-from declare.plan.actions import Action, SetRoutes, ShiftTraffic, StartReplica
+from declare.plan.actions import Action, SetRoutes, Shadow, ShiftTraffic, StartReplica
 from declare.state.document import UPDATE_FAILED, EndpointRecord, ReplicaRecord, State
 
 
@@ -67,7 +67,9 @@ def undo(ctx: ApplyContext, name: str, record_status: bool = True) -> Undone:
     return Undone(message, serving, ctx.ledger.write_error or "")
 
 
-def _begun(progress: Progress, kind: type[StartReplica | SetRoutes | ShiftTraffic]) -> list[Action]:
+def _begun(
+    progress: Progress, kind: type[StartReplica | SetRoutes | ShiftTraffic | Shadow]
+) -> list[Action]:
     """The actions of `kind` that began, finished or not, oldest first."""
     return [a for a in progress.ran if isinstance(a.payload, kind)]
 
@@ -76,7 +78,7 @@ def _send_traffic_back(ctx: ApplyContext, name: str, progress: Progress) -> Serv
     """One push of the table that routes as before traffic first moved, with the replicas
     this apply started out of rotation, then its record; none when no table can reach them
     (traffic never moved, and none of them is ready)."""
-    moves = _begun(progress, SetRoutes) + _begun(progress, ShiftTraffic)
+    moves = _begun(progress, SetRoutes) + _begun(progress, ShiftTraffic) + _begun(progress, Shadow)
     old = progress.snapshot if moves else None
     started = {h.id for h in progress.handles.values()}
     current = ctx.ledger.state.endpoints.get(name)
@@ -151,6 +153,7 @@ def _restored(current: EndpointRecord, old: EndpointRecord) -> EndpointRecord:
         routes=old.routes,
         serving=old.serving,
         split=old.split,
+        shadow=old.shadow,
         replicas=tuple(_flagged(x, flags) for x in current.replicas),
     )
 

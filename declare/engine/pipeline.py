@@ -21,8 +21,11 @@ from typing import Any
 from declare.diff import Actual, Change, DesiredEndpoint, EndpointChange, diff, unadopted
 from declare.engine.desired import load_desired
 from declare.engine.refresh import builds, refresh
-from declare.errors import ConfigError, StaleStateError
+from declare.errors import ConfigError, LocatedError, Location, ManifestError, StaleStateError
+from declare.evidence.captured import replayable_count
+from declare.model.evidence import REFUSE
 from declare.plan import GatewayInput, Plan, PlanInput, RuntimeInput, build_plan, saved
+from declare.plan.actions import Replay
 from declare.project import Project
 from declare.state.document import State
 
@@ -103,12 +106,51 @@ def plan_for(
                 recorded_hash=state.runtime.settings_hash if state.runtime else None,
                 supervisor=project.config.runtime.supervisor,
             ),
+            captured=_captured(project, changes),
         ),
         opts,
         state,
         bool(desired),
     )
-    return Proposal(build_plan(inp), saved.observe(actual, needs), actual)
+    plan = build_plan(inp)
+    _check_replays(plan)
+    return Proposal(plan, saved.observe(actual, needs), actual)
+
+
+def _captured(project: Project, changes: tuple[EndpointChange, ...]) -> dict[str, int]:
+    """Replayable captured requests of each endpoint whose new config replays them."""
+    out: dict[str, int] = {}
+    for c in changes:
+        if c.after is None or c.after.spec.rollout.replay is None:
+            continue
+        target = c.before.spec.capture if c.before and c.before.spec else None
+        if target is not None:
+            out[c.name] = replayable_count(target.path(project.capture_root()), c.name)
+    return out
+
+
+def _check_replays(plan: Plan) -> None:
+    """A replay that cannot run, where the manifest says refuse: the plan is refused at
+    the endpoint's `rollout.replay`, saying what is missing."""
+    problems: list[LocatedError] = []
+    changes = {c.name: c for c in plan.changes}
+    for a in plan.actions:
+        p = a.payload
+        if not isinstance(p, Replay) or not p.skip or p.policy.when_insufficient != REFUSE:
+            continue
+        change = changes[str(a.endpoint)]
+        spec = change.after.spec if change.after else None
+        loc = spec.location if spec is not None and spec.location else Location(str(a.endpoint))
+        problems.append(
+            LocatedError(
+                Location(loc.file, loc.line, "rollout.replay"),
+                f"endpoint {a.endpoint}: cannot replay before traffic moves: {p.skip}. "
+                "Send it traffic with capture on first, lower rollout.replay.min_requests, "
+                "or set rollout.replay.when_insufficient: skip",
+            )
+        )
+    if problems:
+        raise ManifestError(problems)
 
 
 def _check_addresses(

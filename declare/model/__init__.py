@@ -9,6 +9,7 @@ no I/O, no MLflow, no processes.
     batching   Batching: a served entity's micro-batching (opt-in)
     rollout    RolloutPolicy, Guards, Figures and the guards' verdict (`judge`)
     capture    CaptureTarget: an endpoint's inference table and its folder
+    evidence   ReplayPolicy, ShadowPolicy, Bounds, Evidence and their verdict
     agreement  whether two answers to one request agree, row by row (replay, shadow)
     limits     RateLimit and how a manifest's limits are read
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
@@ -26,6 +27,7 @@ from declare.model.endpoint import (
     EntitySpec,
     Route,
 )
+from declare.model.evidence import Bounds, Evidence, ReplayPolicy, ShadowPolicy, verdict
 from declare.model.hashing import canonical_json, short_hash
 from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest_limits
 from declare.model.names import (
@@ -51,20 +53,24 @@ __all__ = [
     "WORKLOAD_TYPES",
     "AutoscalePolicy",
     "Batching",
+    "Bounds",
     "CaptureTarget",
     "EndpointSpec",
     "EntitySpec",
+    "Evidence",
     "Figures",
     "Guards",
     "LimitError",
     "ManifestLimits",
     "RateLimit",
+    "ReplayPolicy",
     "ReplicaHandle",
     "ReplicaRange",
     "ReplicaSpec",
     "ResolvedModel",
     "RolloutPolicy",
     "Route",
+    "ShadowPolicy",
     "canonical_json",
     "capture_target",
     "judge",
@@ -74,4 +80,5 @@ __all__ = [
     "rollout_problems",
     "sanitize_id",
     "short_hash",
+    "verdict",
 ]

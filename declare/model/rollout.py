@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from declare.model.evidence import ReplayPolicy, ShadowPolicy
+
 
 @dataclass(frozen=True)
 class Guards:
@@ -58,7 +60,8 @@ class RolloutPolicy:
     """How a change that starts new replicas reaches 100 % of traffic (manifest `rollout:`).
 
     `steps` are the percentages of traffic on the new config, increasing, ending at 100;
-    all_at_once is the single step (100,).
+    all_at_once is the single step (100,). `replay` and `shadow`: the evidence steps that run
+    before any traffic moves (`declare.model.evidence`), None when not asked for.
     """
 
     strategy: str = "all_at_once"
@@ -66,6 +69,8 @@ class RolloutPolicy:
     bake_seconds: float = 0.0
     guards: Guards = field(default_factory=Guards)
     deadline_seconds: float | None = None
+    replay: ReplayPolicy | None = None
+    shadow: ShadowPolicy | None = None
 
     @property
     def progressive(self) -> bool:
@@ -82,6 +87,9 @@ class RolloutPolicy:
             "bake_seconds": self.bake_seconds,
             "guards": self.guards.to_json(),
             "deadline_seconds": self.deadline_seconds,
+            # absent when not asked for, so states recorded before these existed compare equal
+            **({"replay": self.replay.to_json()} if self.replay else {}),
+            **({"shadow": self.shadow.to_json()} if self.shadow else {}),
         }
 
     @classmethod
@@ -93,6 +101,7 @@ class RolloutPolicy:
             bake_seconds=float(data.get("bake_seconds") or 0.0),
             guards=Guards.from_json(data.get("guards")),
             deadline_seconds=float(deadline) if deadline is not None else None,
+            **_evidence(data),
         )
 
     @classmethod
@@ -113,6 +122,7 @@ class RolloutPolicy:
             bake_seconds=float(raw.get("bake_seconds") or 0.0),
             guards=Guards.from_json(raw.get("guards")),
             deadline_seconds=float(deadline) if deadline is not None else None,
+            **_evidence(raw),
         )
 
     def describe(self) -> str:
@@ -125,7 +135,19 @@ class RolloutPolicy:
             text += f"; roll back if {condition}"
         if self.deadline_seconds:
             text += f"; deadline {self.deadline_seconds:g}s"
+        if self.replay:
+            text += f"; replay {self.replay.requests} captured requests first"
+        if self.shadow:
+            text += f"; shadow {self.shadow.percent}% for {self.shadow.seconds:g}s first"
         return text
+
+
+def _evidence(data: Mapping[str, Any]) -> dict[str, Any]:
+    replay, shadow = data.get("replay"), data.get("shadow")
+    return {
+        "replay": ReplayPolicy.from_json(replay) if isinstance(replay, Mapping) else None,
+        "shadow": ShadowPolicy.from_json(shadow) if isinstance(shadow, Mapping) else None,
+    }
 
 
 def rollout_problems(raw: Any) -> list[tuple[tuple[str, ...], str]]:
@@ -144,6 +166,13 @@ def rollout_problems(raw: Any) -> list[tuple[tuple[str, ...], str]]:
             out.append((("steps",), f"must increase strictly, got {steps}"))
         elif steps and steps[-1] != 100:
             out.append((("steps",), f"must end at 100, got {steps}"))
+    replay = raw.get("replay")
+    if isinstance(replay, Mapping):
+        requests, least = replay.get("requests", 100), replay.get("min_requests")
+        if isinstance(requests, int) and isinstance(least, int) and least > requests:
+            out.append(
+                (("replay", "min_requests"), f"{least} is more than requests ({requests})")
+            )
     if strategy == "linear" and raw.get("step_percentage") == 100:
         out.append((("step_percentage",), "100 is all_at_once; use a smaller step"))
     return out

@@ -18,9 +18,20 @@ from typing import ClassVar
 import networkx as nx
 
 from declare.diff import Change, EndpointChange
-from declare.model import EndpointSpec, Guards, ReplicaHandle, ReplicaSpec, ResolvedModel
+from declare.model import (
+    CaptureTarget,
+    EndpointSpec,
+    Guards,
+    ReplayPolicy,
+    ReplicaHandle,
+    ReplicaSpec,
+    ResolvedModel,
+    ShadowPolicy,
+)
 
 Split = tuple[tuple[str, str, int], ...]  # (entity, generation, percentage) per target
+# (candidate entity, its generation, serving entity, its generation): what is compared
+Pairs = tuple[tuple[str, str, str, str], ...]
 
 
 class ActionKind(Enum):
@@ -33,6 +44,8 @@ class ActionKind(Enum):
     START_REPLICA = "start-replica"
     ADOPT_REPLICA = "adopt-replica"
     AWAIT_READY = "await-ready"
+    REPLAY = "replay"
+    SHADOW = "shadow"
     SHIFT_TRAFFIC = "shift-traffic"
     BAKE = "bake"
     SET_ROUTES = "set-routes"
@@ -57,6 +70,8 @@ _SYMBOLS = {
     ActionKind.START_REPLICA: "+",
     ActionKind.ADOPT_REPLICA: "~",
     ActionKind.AWAIT_READY: "?",
+    ActionKind.REPLAY: "?",
+    ActionKind.SHADOW: "?",
     ActionKind.SHIFT_TRAFFIC: "~",
     ActionKind.BAKE: "?",
     ActionKind.SET_ROUTES: "~",
@@ -153,6 +168,32 @@ class AwaitReady:
 
 
 @dataclass(frozen=True)
+class Replay:
+    """Before traffic moves: replay the endpoint's newest captured requests (from the
+    inference table `capture`) against each candidate and the entity it is compared with
+    (`pairs`), judged by the policy's bounds. `available`: the replayable requests the table
+    held at plan time; `skip`: why the step is skipped ('' when it runs)."""
+
+    KIND: ClassVar = ActionKind.REPLAY
+    policy: ReplayPolicy
+    pairs: Pairs
+    capture: CaptureTarget | None
+    available: int
+    skip: str = ""
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """Before traffic moves: mirror `policy.percent` of live requests to the candidate of
+    `pair` for `policy.seconds`, users answered by the serving entities only; judged by the
+    policy's bounds on what the gateway measured."""
+
+    KIND: ClassVar = ActionKind.SHADOW
+    policy: ShadowPolicy
+    pair: tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
 class ShiftTraffic:
     """One step of a progressive rollout: the traffic split while it bakes."""
 
@@ -228,6 +269,8 @@ Payload = (
     | StartReplica
     | AdoptReplica
     | AwaitReady
+    | Replay
+    | Shadow
     | ShiftTraffic
     | Bake
     | SetRoutes
@@ -250,6 +293,8 @@ PAYLOAD_TYPES: Mapping[ActionKind, type[Payload]] = {
         StartReplica,
         AdoptReplica,
         AwaitReady,
+        Replay,
+        Shadow,
         ShiftTraffic,
         Bake,
         SetRoutes,

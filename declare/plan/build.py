@@ -14,6 +14,9 @@ ordering constraints, each constraint commented where it is made:
 4. routes    one set-routes per created/updated endpoint: the atomic traffic switch. With a
              progressive rollout (canary, linear), shift-traffic steps and bakes come first,
              and a bake after the switch keeps the old replicas warm until it passes.
+             Before any traffic moves to new entities: `rollout.replay` (the captured
+             requests replayed; skipped, saying why, when too few were captured and the
+             manifest allows it) and then `rollout.shadow` (live requests mirrored).
 5. retire    drain the replicas taken out of rotation, then stop them; forget dead ones.
 6. deletes   remove an endpoint's routes, drain, stop its replicas.
 7. orphans   stop replicas that run under this project's labels but no state knows; one of
@@ -38,9 +41,12 @@ from declare.plan.actions import (
     Build,
     Drain,
     ForgetReplica,
+    Pairs,
     Plan,
     RemoveRoutes,
+    Replay,
     SetRoutes,
+    Shadow,
     ShiftTraffic,
     Split,
     StartGateway,
@@ -92,6 +98,8 @@ class PlanInput:
     gateway_needed: bool | None = None
     # The runtime; None in the runtime's own plans (it never starts or stops itself).
     runtime: RuntimeInput | None = None
+    # Replayable captured requests per endpoint whose rollout replays (its inference table).
+    captured: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Graph:
@@ -430,7 +438,8 @@ def _create_or_update(
     after_switch: str | None = None
     if change.route_push:
         rollout = _rollout_of(change)
-        previous = _steps(g, change.name, rollout, ready_ids, start_gw)
+        evidence = _evidence(g, inp, change, rollout, ready_ids, start_gw)
+        previous = _steps(g, change.name, rollout, evidence, start_gw)
         routes_id = _switch(g, change, rollout, previous, start_gw)
         tails.append(routes_id)
         after_switch = routes_id
@@ -441,6 +450,89 @@ def _create_or_update(
             tails.append(after_switch)
     tails += _retire(g, change.name, change.stops, change.forgets, after_switch)
     return tails or ready_ids
+
+
+def pairs_of(rollout: _Rollout) -> Pairs:
+    """Each new target with what it is compared with: its own entity's serving
+    generation when that serves now, else the target carrying the most traffic now."""
+    old = [(e, gen, p) for e, gen, p in rollout.old if p > 0]
+    out: list[tuple[str, str, str, str]] = []
+    for entity, generation in rollout.watch:
+        same = [(e, gen) for e, gen, _ in old if e == entity]
+        serving = same[0] if same else max(old, key=lambda t: t[2])[:2]
+        out.append((entity, generation, serving[0], serving[1]))
+    return tuple(out)
+
+
+def _evidence(
+    g: _Graph,
+    inp: PlanInput,
+    change: EndpointChange,
+    rollout: _Rollout,
+    ready_ids: list[str],
+    start_gw: str | None,
+) -> list[str]:
+    """The replay and shadow steps, before any traffic moves; returns what the first
+    traffic step waits for."""
+    policy = rollout.policy
+    if not rollout.rolling or (policy.replay is None and policy.shadow is None):
+        return ready_ids
+    name = change.name
+    pairs = pairs_of(rollout)
+    previous = ready_ids
+    if policy.replay is not None:
+        replay = policy.replay
+        capture = change.before.spec.capture if change.before and change.before.spec else None
+        available = inp.captured.get(name, 0)
+        skip = ""
+        if capture is None:
+            skip = "the endpoint captures no requests (no inference table is enabled)"
+        elif available < replay.min_requests:
+            skip = (
+                f"its inference table {capture.table_name} holds {available} replayable "
+                f"requests, fewer than min_requests {replay.min_requests}"
+            )
+        compared = ", ".join(f"{c} against {s}" for c, _, s, _ in pairs)
+        summary = (
+            f"replay skipped: {skip}"
+            if skip
+            else f"replay the newest {min(replay.requests, available)} captured requests "
+            f"(of {available}): {compared}; roll back if {replay.bounds.describe()}"
+        )
+        replay_id = g.add(
+            Action(
+                f"endpoint.{name}.replay",
+                name,
+                summary,
+                Replay(replay, pairs, capture, available, skip),
+            )
+        )
+        # Replayed only once every new replica answers.
+        for rid in previous:
+            g.edge(rid, replay_id)
+        previous = [replay_id]
+    if policy.shadow is not None:
+        shadow = policy.shadow
+        news = {(e, gen): p for e, gen, p in rollout.new}
+        pair = max(pairs, key=lambda t: news.get((t[0], t[1]), 0))
+        others = [c for c, _, _, _ in pairs if c != pair[0]]
+        shadow_id = g.add(
+            Action(
+                f"endpoint.{name}.shadow",
+                name,
+                f"shadow {shadow.percent}% of live requests to {pair[0]} for "
+                f"{shadow.seconds:g}s, users answered as now; roll back if "
+                f"{shadow.bounds.describe()}"
+                + (f" (not mirrored: {', '.join(others)})" if others else ""),
+                Shadow(shadow, pair),
+            )
+        )
+        # Mirrored once the candidate answers (and its replay passed), through the gateway.
+        for rid in previous:
+            g.edge(rid, shadow_id)
+        g.edge(start_gw, shadow_id)
+        previous = [shadow_id]
+    return previous
 
 
 def _steps(

@@ -21,12 +21,15 @@ from declare.diff import (
     ReplicaStart,
 )
 from declare.model import (
+    CaptureTarget,
     EndpointSpec,
     EntitySpec,
     Guards,
+    ReplayPolicy,
     ReplicaHandle,
     ReplicaSpec,
     ResolvedModel,
+    ShadowPolicy,
 )
 from declare.plan.actions import (
     Action,
@@ -40,7 +43,9 @@ from declare.plan.actions import (
     ForgetReplica,
     Payload,
     RemoveRoutes,
+    Replay,
     SetRoutes,
+    Shadow,
     ShiftTraffic,
     StartGateway,
     StartReplica,
@@ -85,6 +90,16 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
             return {"slot": p.slot, "handle": p.handle.to_json(), "index": p.index}
         case AwaitReady():
             return {"slot": p.slot, "model": p.model.to_json()}
+        case Replay():
+            return {
+                "policy": p.policy.to_json(),
+                "pairs": [list(t) for t in p.pairs],
+                "capture": p.capture.to_json() if p.capture else None,
+                "available": p.available,
+                "skip": p.skip,
+            }
+        case Shadow():
+            return {"policy": p.policy.to_json(), "pair": list(p.pair)}
         case ShiftTraffic():
             return {
                 "step": p.step,
@@ -113,6 +128,11 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
             return {"replica_ids": list(p.replica_ids)}
         case StopReplica() | ForgetReplica() | StopOrphan():
             return {"handle": p.handle.to_json()}
+
+
+def _pair(raw: Any) -> tuple[str, str, str, str]:
+    a, b, c, d = (str(x) for x in raw)
+    return (a, b, c, d)
 
 
 def _split(raw: Any) -> tuple[tuple[str, str, int], ...]:
@@ -145,6 +165,14 @@ _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
     ActionKind.AWAIT_READY: lambda d: AwaitReady(
         str(d["slot"]), ResolvedModel.from_json(d["model"])
     ),
+    ActionKind.REPLAY: lambda d: Replay(
+        ReplayPolicy.from_json(d["policy"]),
+        tuple(_pair(t) for t in d["pairs"]),
+        CaptureTarget.from_json(d["capture"]) if d.get("capture") else None,
+        int(d["available"]),
+        str(d.get("skip") or ""),
+    ),
+    ActionKind.SHADOW: lambda d: Shadow(ShadowPolicy.from_json(d["policy"]), _pair(d["pair"])),
     ActionKind.SHIFT_TRAFFIC: lambda d: ShiftTraffic(
         int(d["step"]), int(d["of"]), int(d["percent"]), _split(d["split"])
     ),

@@ -16,6 +16,9 @@ and `lineage`; this module gives that document its meaning:
           "serving": {"<entity>": "<generation>"},   # which generation each route reaches
           "split": [["<entity>", "<generation>", 10], ...],  # during a progressive rollout:
                                                      # the traffic split now (overrides routes)
+          "shadow": {"entity", "generation", "percent", "tolerance"} | null,
+                                                     # during a shadow step: the new entity
+                                                     # live requests are mirrored to
           "replicas": [<ReplicaRecord JSON>],        # every replica started and not yet stopped
           "status": {"config_update": "NOT_UPDATING"|"IN_PROGRESS"|"UPDATE_FAILED",
                      "message": str},
@@ -107,6 +110,39 @@ class ReplicaRecord:
 
 
 @dataclass(frozen=True)
+class ShadowRoute:
+    """A shadow step under way: `percent` of the endpoint's live requests mirrored to
+    `entity` of `generation` (its answers compared within `tolerance`, never returned)."""
+
+    entity: str
+    generation: str
+    percent: int
+    tolerance: float
+
+    @property
+    def key(self) -> str:
+        """The gateway's name for the mirrored target (its figures are reported under it)."""
+        return f"{self.entity}@{self.generation[:8]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity,
+            "generation": self.generation,
+            "percent": self.percent,
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShadowRoute:
+        return cls(
+            str(data["entity"]),
+            str(data["generation"]),
+            int(data["percent"]),
+            float(data["tolerance"]),
+        )
+
+
+@dataclass(frozen=True)
 class EndpointRecord:
     name: str
     provider: str
@@ -115,6 +151,7 @@ class EndpointRecord:
     routes: tuple[Route, ...] = ()
     serving: Mapping[str, str] = field(default_factory=dict)
     split: tuple[tuple[str, str, int], ...] = ()
+    shadow: ShadowRoute | None = None
     replicas: tuple[ReplicaRecord, ...] = ()
     config_update: str = NOT_UPDATING
     message: str = ""
@@ -221,6 +258,7 @@ class EndpointRecord:
             "routes": [r.to_json() for r in self.routes],
             "serving": dict(self.serving),
             "split": [list(t) for t in self.split],
+            **({"shadow": self.shadow.to_json()} if self.shadow else {}),
             "replicas": [r.to_json() for r in self.replicas],
             "status": {"config_update": self.config_update, "message": self.message},
             "pending": self.pending.to_json() if self.pending else None,
@@ -242,6 +280,7 @@ class EndpointRecord:
             ),
             serving=dict(data.get("serving") or {}),
             split=tuple((str(e), str(g), int(p)) for e, g, p in data.get("split") or []),
+            shadow=ShadowRoute.from_json(data["shadow"]) if data.get("shadow") else None,
             replicas=tuple(ReplicaRecord.from_json(r) for r in data.get("replicas") or []),
             config_update=status.get("config_update", NOT_UPDATING),
             message=status.get("message", ""),

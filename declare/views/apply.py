@@ -36,6 +36,8 @@ from declare.apply.events import (
     DrainTimedOut,
     EndpointOutcome,
     Event,
+    EvidencePassed,
+    EvidenceSkipped,
     GatewayStoppedFirst,
     GuardsPassed,
     Serving,
@@ -80,6 +82,11 @@ def event_text(event: Event) -> str:
         case GuardsPassed(action=a, step=step, of=of, figures=figures):
             seen = "; ".join(f"{key}: {f.describe()}" for key, f in figures.items())
             return f"{a.id}: guards pass at step {step}/{of} ({seen or 'no requests'})"
+        case EvidencePassed(action=a, figures=evidence):
+            seen = "; ".join(f"{key}: {e.describe()}" for key, e in evidence.items())
+            return f"{a.id}: {a.kind.value} passes ({seen or 'nothing compared'})"
+        case EvidenceSkipped(action=a, reason=reason):
+            return f"{a.id}: skipped: {reason}"
         case DrainTimedOut(action=a, seconds=s):
             return f"{a.id}: requests still in flight after {s:.0f} s; stopping anyway"
         case GatewayStoppedFirst(action=a):
@@ -253,6 +260,14 @@ def event_json(event: Event) -> dict[str, Any]:
                     for k, f in figures.items()
                 },
             }
+        case EvidencePassed(action=a, figures=evidence):
+            return {
+                "type": "evidence_pass",
+                "action": _action_ref(a),
+                "figures": {k: e.to_json() for k, e in evidence.items()},
+            }
+        case EvidenceSkipped(action=a, reason=reason):
+            return {"type": "evidence_skipped", "action": _action_ref(a), "reason": reason}
         case DrainTimedOut(action=a, seconds=s):
             return {"type": "drain_timeout", "action": _action_ref(a), "timeout_seconds": s}
         case GatewayStoppedFirst(action=a):
@@ -269,6 +284,7 @@ _LEVELS = {
     "action_error": "error",
     "undo_error": "error",
     "drain_timeout": "warn",
+    "evidence_skipped": "warn",
     "status_not_shown": "warn",
     "gateway_stopped_first": "warn",
 }
