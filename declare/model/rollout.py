@@ -170,9 +170,7 @@ def rollout_problems(raw: Any) -> list[tuple[tuple[str, ...], str]]:
     if isinstance(replay, Mapping):
         requests, least = replay.get("requests", 100), replay.get("min_requests")
         if isinstance(requests, int) and isinstance(least, int) and least > requests:
-            out.append(
-                (("replay", "min_requests"), f"{least} is more than requests ({requests})")
-            )
+            out.append((("replay", "min_requests"), f"{least} is more than requests ({requests})"))
     if strategy == "linear" and raw.get("step_percentage") == 100:
         out.append((("step_percentage",), "100 is all_at_once; use a smaller step"))
     return out
