@@ -62,7 +62,7 @@ class DataPlane:
 
     Holds the state's never-replaced parts (in-flight counts, demand records, ejections,
     metrics, limiter) directly, and reads the replaceable `state.live` once per request.
-    Owns the queue of held requests (`holds`) and the mirrors of shadow steps (`shadow`).
+    Owns the queue of held requests (`holds`); offers answered requests to `shadow`.
     """
 
     def __init__(

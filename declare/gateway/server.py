@@ -30,8 +30,8 @@ This module builds them, adds the routes and holds the middleware (authenticatio
 errors that escape a handler), and starts the capture writer (`capture/`) when a capture root
 is set. At shutdown, held requests answer 503, demand long polls answer at once, the mirrors
 of a shadow step (`shadow.py`) are cancelled, and the captured requests still buffered are
-written. It does not parse command lines, pick an
-event loop or write logs anywhere: see `__main__.py`. It never reads manifests or declare's state.
+written. It does not parse command lines, pick an event loop or write logs anywhere: see
+`__main__.py`. It never reads manifests or declare's state.
 `GatewayConfig`, `describe_endpoint` and `error_response` are importable from here.
 """
 
