@@ -114,6 +114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
+    parser.add_argument(
+        "--shadow-inflight", type=int, default=64, help="most shadow mirrors in flight"
+    )
+    parser.add_argument(
+        "--shadow-timeout", type=float, default=30.0, help="seconds a shadow mirror may take"
+    )
     _lifecycle_args(parser)
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--log-level", default="INFO")
@@ -186,6 +192,10 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         raise StartupError(
             "--capture-flush-seconds must be a number of seconds above 0", EXIT_USAGE
         )
+    if args.shadow_inflight < 0 or not 0 < args.shadow_timeout < float("inf"):
+        raise StartupError(
+            "--shadow-inflight must be 0 or more and --shadow-timeout above 0", EXIT_USAGE
+        )
     return GatewayConfig(
         admin_token=read_admin_token(args.admin_token_file),
         auth_token=os.environ.get(AUTH_ENV) or None,
@@ -205,6 +215,8 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         capture_flush_records=args.capture_flush_records,
         capture_flush_seconds=args.capture_flush_seconds,
         capture_max_payload_bytes=args.capture_max_payload_bytes,
+        shadow_inflight=args.shadow_inflight,
+        shadow_timeout=args.shadow_timeout,
     )
 
 

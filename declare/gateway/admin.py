@@ -80,6 +80,7 @@ class AdminApi:
             table.version,
             ", ".join(
                 f"{name}[{'/'.join(f'{e}:{p}%' for e, p in ep.routes)}]"
+                + (f"+shadow {ep.shadow.key}:{ep.shadow.percent}%" if ep.shadow else "")
                 for name, ep in table.endpoints.items()
             )
             or "no endpoints",

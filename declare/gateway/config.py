@@ -47,3 +47,7 @@ class GatewayConfig:
     capture_flush_records: int = 5_000
     capture_flush_seconds: float = 1.0
     capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    # shadow steps (shadow.py): the most mirrored requests in flight (beyond: dropped and
+    # counted) and the longest a candidate may take to answer one (then: an error)
+    shadow_inflight: int = 64
+    shadow_timeout: float = 30.0

@@ -11,7 +11,9 @@ known endpoint is then one sample of the metrics, and every error one warning in
 the demand per entity (`demand.py`) is counted as it goes. When the endpoint captures (its
 table entry has `capture`) and the gateway has a capture root, the request, its answer
 (4xx, 429 and 5xx too) and who served it go to the capture buffer (`capture/`), which
-writes them to the inference table from a thread of its own.
+writes them to the inference table from a thread of its own. When the endpoint has a shadow
+target, a request a replica answered is then offered to `shadow.py`, which may mirror it to
+the candidate in the background (the user's answer is final by then).
 
 It reads the routing table once per request (`state.live`), so a request keeps the table it
 started with. It does not authenticate (the middleware in `server.py` does) and serves
@@ -43,9 +45,10 @@ from declare.gateway.responses import (
     too_large,
     unavailable,
 )
+from declare.gateway.shadow import Shadow, mirror_answered
 from declare.gateway.state import GatewayState, Live
 from declare.gateway.table import ReplicaTarget
-from declare.gateway.upstream import ConnectFailed, Upstream
+from declare.gateway.upstream import SERVED_MODEL_HEADER, ConnectFailed, Upstream
 
 log = logging.getLogger("declare.gateway")
 
@@ -59,7 +62,7 @@ class DataPlane:
 
     Holds the state's never-replaced parts (in-flight counts, demand records, ejections,
     metrics, limiter) directly, and reads the replaceable `state.live` once per request.
-    Owns the queue of held requests (`holds`).
+    Owns the queue of held requests (`holds`); offers answered requests to `shadow`.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class DataPlane:
         state: GatewayState,
         upstream: Upstream,
         retry_after: Mapping[str, str],
+        shadow: Shadow,
     ) -> None:
         self._state = state
         self._inflight = state.inflight
@@ -85,6 +89,7 @@ class DataPlane:
         self.holds = HoldQueue(state, self._pick, config.hold_queue, retry_after)
         self._capture_buffer = state.capture
         self._capture_on = config.capture_root is not None
+        self.shadow = shadow
 
     async def invocations(self, request: web.Request) -> web.Response:
         arrived = time.time()
@@ -120,6 +125,10 @@ class DataPlane:
                 self._capture_buffer, self._caller, request, endpoint.table, entity, response,
                 arrived, elapsed_ms,
             )  # fmt: skip
+        if endpoint.table.shadow is not None and SERVED_MODEL_HEADER in response.headers:
+            await mirror_answered(
+                self.shadow, request, endpoint.table, response, elapsed_ms, self._caller
+            )
         return response
 
     async def _invoke(
@@ -168,7 +177,7 @@ class DataPlane:
         try:
             return await self._send(live, replica, demand, entity, body, content_type), entity
         except ConnectFailed as exc:
-            self._unreachable(name, entity, replica, exc)
+            unreachable(self._state, name, entity, replica, exc)
             first = str(exc)
         return await self._retry(live, endpoint, entity, replica, first, body, content_type)
 
@@ -219,7 +228,7 @@ class DataPlane:
         try:
             return await self._send(live, other, demand, candidate, body, content_type), candidate
         except ConnectFailed as second:
-            self._unreachable(name, candidate, other, second)
+            unreachable(self._state, name, candidate, other, second)
             return unavailable(
                 f"replicas {replica.id} and {other.id} of endpoint {name!r} could not be "
                 f"reached ({second})",
@@ -238,21 +247,23 @@ class DataPlane:
                 return candidate, demand, other
         return None
 
-    def _unreachable(
-        self, name: str, entity: str, replica: ReplicaTarget, exc: ConnectFailed
-    ) -> None:
-        """Count the failed connection, eject the replica and wake the runtime's long poll."""
-        self._metrics.record_connection_failure(name, entity)
-        ejected = self._ejections.eject(replica.id)
-        self._demand.notify()
-        log.warning(
-            "replica %s of %s/%s unreachable%s: %s",
-            replica.id,
-            name,
-            entity,
-            f" (skipped for {self._ejections.seconds:g} s)" if ejected else "",
-            exc,
-        )
+
+def unreachable(
+    state: GatewayState, name: str, entity: str, replica: ReplicaTarget, exc: ConnectFailed
+) -> None:
+    """Count the failed connection, eject the replica and wake the runtime's long poll."""
+    state.metrics.record_connection_failure(name, entity)
+    ejections = state.ejections
+    ejected = ejections.eject(replica.id)
+    state.demand.notify()
+    log.warning(
+        "replica %s of %s/%s unreachable%s: %s",
+        replica.id,
+        name,
+        entity,
+        f" (skipped for {ejections.seconds:g} s)" if ejected else "",
+        exc,
+    )
 
 
 def over_limit(

@@ -9,6 +9,8 @@
         declare_replicas_in_rotation{endpoint_name, served_entity_name}        gauge
         declare_routing_table_version                                          gauge
         declare_capture_{captured,dropped,written,failed}_total, _buffered     inference tables
+        declare_shadow_{requests,errors,rows,differing_rows,dropped}_total      a shadow step's
+            {endpoint_name, served_entity_name, shadow_key}                    mirrors (shadow.py)
     GET /api/2.0/serving-endpoints/{name}/metrics  one endpoint, as Databricks' export
         (the SDK's `export_metrics`) names it, over the last minute:
         request_count_total, request_4xx_count_total, request_5xx_count_total  gauges
@@ -130,6 +132,7 @@ class GatewayCollector(Collector):
         version.add_metric([], state.table.version)
         yield from (inflight, held, rotation, version)
         yield from self._capture()
+        yield from self._shadow()
 
     def _capture(self) -> Iterator[Metric]:
         """The inference tables' buffer: records captured, dropped (buffer full), written,
@@ -149,6 +152,43 @@ class GatewayCollector(Collector):
         )
         buffered.add_metric([], stats["buffered"])
         yield buffered
+
+    def _shadow(self) -> Iterator[Metric]:
+        """The mirrors of shadow steps, per endpoint and candidate (by its served name and
+        its key: two generations of one entity may be candidates one after the other)."""
+        labels = [*LABELS, "shadow_key"]
+        families = {
+            "requests": CounterMetricFamily(
+                "declare_shadow_requests", "Mirrored requests answered or failed", labels=labels
+            ),
+            "errors": CounterMetricFamily(
+                "declare_shadow_errors",
+                "Mirrored requests the candidate failed: a 5xx, no connection or answer, "
+                "or a 4xx where the user got a 2xx",
+                labels=labels,
+            ),
+            "rows": CounterMetricFamily(
+                "declare_shadow_rows", "Rows compared (both answers 2xx)", labels=labels
+            ),
+            "differing": CounterMetricFamily(
+                "declare_shadow_differing_rows",
+                "Rows where the candidate's answer differed from the user's",
+                labels=labels,
+            ),
+            "dropped": CounterMetricFamily(
+                "declare_shadow_dropped",
+                "Requests sampled for mirroring but dropped: too many mirrors in flight",
+                labels=labels,
+            ),
+        }
+        for (endpoint, key), t in sorted(self._state.metrics.shadow.all_totals().items()):
+            values = [endpoint, t.served_name, key]
+            families["requests"].add_metric(values, t.requests)
+            families["errors"].add_metric(values, t.errors)
+            families["rows"].add_metric(values, t.rows)
+            families["differing"].add_metric(values, t.differing)
+            families["dropped"].add_metric(values, t.dropped)
+        yield from families.values()
 
 
 class EndpointCollector(Collector):

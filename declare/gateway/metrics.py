@@ -8,6 +8,10 @@ errors, connection failures, answers per HTTP status, a latency histogram: `Tota
 GET /metrics, see `exposition.py`). A request rejected before an entity was chosen (bad
 JSON, body too large, a rate limit) counts for its endpoint only.
 
+The mirrored requests of a shadow step (`shadow.py`) are kept apart in `ShadowMetrics`
+(`Metrics.shadow`), per endpoint and shadow key, in a ring and totals of their own: they are
+no requests of the endpoint and never count in its figures or its entities'.
+
 Not thread-safe: the gateway runs one event loop and calls `record` from it.
 """
 
@@ -77,13 +81,123 @@ def summarize(samples: Iterable[Sample]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowSample:
+    """One mirrored request's outcome (or its drop: the mirrors in flight were at the limit)."""
+
+    finished: float  # unix seconds
+    endpoint: str
+    key: str  # the shadow target's key
+    latency_ms: float  # the candidate's; 0 for a drop
+    primary_ms: float  # the user's answer's, for the same request
+    error: bool
+    rows: int
+    differing: int
+    dropped: bool = False
+
+
+class ShadowTotals:
+    """Cumulative counts of one (endpoint, shadow key) since the gateway started."""
+
+    __slots__ = ("differing", "dropped", "errors", "requests", "rows", "served_name")
+
+    def __init__(self, served_name: str) -> None:
+        self.served_name = served_name
+        self.requests = 0
+        self.errors = 0
+        self.rows = 0
+        self.differing = 0
+        self.dropped = 0
+
+
+def summarize_shadow(samples: Iterable[ShadowSample]) -> dict[str, Any]:
+    """The windowed figures of one shadow target (p99s None when nothing was answered)."""
+    latencies: list[float] = []
+    primary: list[float] = []
+    errors = rows = differing = dropped = 0
+    for sample in samples:
+        if sample.dropped:
+            dropped += 1
+            continue
+        latencies.append(sample.latency_ms)
+        primary.append(sample.primary_ms)
+        errors += sample.error
+        rows += sample.rows
+        differing += sample.differing
+    latencies.sort()
+    primary.sort()
+    p99, primary_p99 = percentile(latencies, 0.99), percentile(primary, 0.99)
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "error_rate": errors / len(latencies) if latencies else 0.0,
+        "p99_ms": round(p99, 3) if p99 is not None else None,
+        "primary_p99_ms": round(primary_p99, 3) if primary_p99 is not None else None,
+        "rows": rows,
+        "differing": differing,
+        "disagreement_rate": differing / rows if rows else 0.0,
+        "dropped": dropped,
+    }
+
+
+class ShadowMetrics:
+    """The ring of recent mirrored requests and their cumulative counts."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._ring: deque[ShadowSample] = deque(maxlen=capacity)
+        self._totals: dict[tuple[str, str], ShadowTotals] = {}
+
+    def record(self, sample: ShadowSample, served_name: str) -> None:
+        self._ring.append(sample)
+        totals = self.totals(sample.endpoint, sample.key, served_name)
+        if sample.dropped:
+            totals.dropped += 1
+            return
+        totals.requests += 1
+        totals.errors += sample.error
+        totals.rows += sample.rows
+        totals.differing += sample.differing
+
+    def totals(self, endpoint: str, key: str, served_name: str) -> ShadowTotals:
+        found = self._totals.get((endpoint, key))
+        if found is None:
+            found = self._totals[(endpoint, key)] = ShadowTotals(served_name)
+        return found
+
+    def all_totals(self) -> dict[tuple[str, str], ShadowTotals]:
+        """Every (endpoint, shadow key) seen, with its cumulative counts (a copy)."""
+        return dict(self._totals)
+
+    def report(self, since: float | None) -> dict[str, dict[str, Any]]:
+        """endpoint -> shadow key -> the figures of `summarize_shadow` over the window, and
+        "served_name", "total_requests", "total_errors", "total_rows", "total_differing",
+        "total_dropped" since start."""
+        window: dict[tuple[str, str], list[ShadowSample]] = {}
+        for sample in reversed(self._ring):
+            if since is not None and sample.finished < since:
+                break
+            window.setdefault((sample.endpoint, sample.key), []).append(sample)
+        out: dict[str, dict[str, Any]] = {}
+        for (endpoint, key), t in sorted(self._totals.items()):
+            item = summarize_shadow(window.get((endpoint, key), []))
+            item["served_name"] = t.served_name
+            item["total_requests"] = t.requests
+            item["total_errors"] = t.errors
+            item["total_rows"] = t.rows
+            item["total_differing"] = t.differing
+            item["total_dropped"] = t.dropped
+            out.setdefault(endpoint, {})[key] = item
+        return out
+
+
 class Metrics:
-    """The ring of recent samples and the cumulative counters."""
+    """The ring of recent samples and the cumulative counters (and the shadows' apart)."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._ring: deque[Sample] = deque(maxlen=capacity)
         self._totals: dict[tuple[str, str | None], Totals] = {}
+        self.shadow = ShadowMetrics(capacity)
 
     def record(
         self,
@@ -133,8 +247,10 @@ class Metrics:
 
         {"since": s, "now": t, "capacity": n, "endpoints": {ep: {"requests", "errors",
         "error_rate", "p50_ms", "p99_ms", "total_requests", "total_errors",
-        "entities": {entity: {same keys + "total_connection_failures"}}}}}
-        where the first five keys cover the window and `total_*` everything since start.
+        "entities": {entity: {same keys + "total_connection_failures"}},
+        "shadow": {shadow key: ShadowMetrics.report's figures}}}}
+        where the first five keys cover the window and `total_*` everything since start;
+        "shadow" is there for an endpoint that had a shadow target since the start.
         """
         samples = self.window(since)
         by_endpoint: dict[str, list[Sample]] = {}
@@ -143,7 +259,8 @@ class Metrics:
             by_endpoint.setdefault(sample.endpoint, []).append(sample)
             if sample.entity is not None:
                 by_entity.setdefault((sample.endpoint, sample.entity), []).append(sample)
-        names = {ep for ep, _ in self._totals} | set(by_endpoint)
+        shadows = self.shadow.report(since)
+        names = {ep for ep, _ in self._totals} | set(by_endpoint) | set(shadows)
         endpoints: dict[str, Any] = {}
         for name in sorted(names):
             totals = [c for (ep, _), c in self._totals.items() if ep == name]
@@ -160,6 +277,8 @@ class Metrics:
                 item["total_connection_failures"] = counters.connection_failures
                 entities[entity] = item
             entry["entities"] = entities
+            if name in shadows:
+                entry["shadow"] = shadows[name]
             endpoints[name] = entry
         return {
             "since": since,

@@ -25,11 +25,13 @@ The parts, sharing one `GatewayState` (state.py):
     upstream.py     the pooled client session to the replicas
     management.py   the read-only management API and health
     admin.py        table push/get, drain, metrics, demand
+    shadow.py       a shadow step's mirrors to a candidate, measured, never returned
 This module builds them, adds the routes and holds the middleware (authentication, and
 errors that escape a handler), and starts the capture writer (`capture/`) when a capture root
-is set. At shutdown, held requests answer 503, demand long polls answer at once, and the
-captured requests still buffered are written. It does not parse command lines, pick an
-event loop or write logs anywhere: see `__main__.py`. It never reads manifests or declare's state.
+is set. At shutdown, held requests answer 503, demand long polls answer at once, the mirrors
+of a shadow step (`shadow.py`) are cancelled, and the captured requests still buffered are
+written. It does not parse command lines, pick an event loop or write logs anywhere: see
+`__main__.py`. It never reads manifests or declare's state.
 `GatewayConfig`, `describe_endpoint` and `error_response` are importable from here.
 """
 
@@ -49,6 +51,7 @@ from declare.gateway.config import GatewayConfig
 from declare.gateway.dataplane import DataPlane
 from declare.gateway.management import ManagementApi, describe_endpoint
 from declare.gateway.responses import error_response, too_large
+from declare.gateway.shadow import Shadow
 from declare.gateway.state import GatewayState
 from declare.gateway.table import RoutingTable
 from declare.gateway.upstream import Upstream
@@ -89,7 +92,15 @@ class Gateway:
         )
         retry_after = {"Retry-After": str(config.retry_after_seconds)}
         self.upstream = Upstream(config, self.state.inflight, retry_after)
-        self.data_plane = DataPlane(config, self.state, self.upstream, retry_after)
+        self.shadow = Shadow(
+            self.state.metrics.shadow,
+            self.upstream.post,
+            None if config.capture_root is None else capture,
+            config.shadow_inflight,
+            config.shadow_timeout,
+        )
+        self.state.on_table.append(self.shadow.table_changed)
+        self.data_plane = DataPlane(config, self.state, self.upstream, retry_after, self.shadow)
         self.management = ManagementApi(self.state)
         self.admin = AdminApi(self.state, config.table_file)
         kept = kept_table(config.table_file)
@@ -146,9 +157,11 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self.capture_writer.close)
 
     async def _release_waiters(self, _app: web.Application) -> None:
-        """Held requests answer 503 and demand long polls answer, so shutdown need not wait."""
+        """Held requests answer 503 and demand long polls answer, so shutdown need not wait;
+        the shadow's mirrors in flight are cancelled (and no more start)."""
         self.data_plane.holds.close()
         self.state.demand.close()
+        await self.shadow.close()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

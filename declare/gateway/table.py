@@ -27,6 +27,15 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
           "hold_seconds": 60,              # optional, default 0: how long a request whose
                                            # entity has no usable replica waits for one
                                            # (then 503); 0 answers 503 at once
+          "shadow": {                      # optional: a share of the requests a replica
+            "key": "iris-2@ab12cd34",      # answered goes to a candidate too; its answers
+            "served_name": "iris-2",       # are compared and measured, never returned
+            "percent": 10,                 # (shadow.py). key: not one of the entities'
+            "tolerance": 1e-6,             # keys; percent: 1 to 100; tolerance (>= 0,
+                                           # default 0): of the numbers' comparison
+            "replicas": [{"id": "iris-iris-2-ef56", "url": "http://127.0.0.1:5002"}],
+            "model": {"name": "iris", "version": "2"}   # optional, as for an entity
+          },
           "description": {...}             # the endpoint in the Databricks GET shape: name,
                                            # state.ready, state.config_update, config,
                                            # pending_config, tags; served as-is by the
@@ -72,6 +81,34 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class ShadowTarget:
+    """A candidate that gets a copy of `percent` % of the endpoint's answered requests.
+
+    `key` names it in the metrics (distinct from the endpoint's entity keys), `served_name`
+    is its served entity name, `tolerance` the numeric tolerance of the comparison of its
+    answers with the users' (`declare.model.agreement`).
+    """
+
+    key: str
+    served_name: str
+    percent: int
+    tolerance: float
+    replicas: tuple[ReplicaTarget, ...]
+    model: ServedModel = ServedModel()
+
+    def to_json(self) -> dict[str, Any]:
+        model = self.model.to_json()
+        return {
+            "key": self.key,
+            "served_name": self.served_name,
+            "percent": self.percent,
+            "tolerance": self.tolerance,
+            "replicas": [{"id": r.id, "url": r.url} for r in self.replicas],
+            **({"model": model} if model else {}),
+        }
+
+
+@dataclass(frozen=True)
 class EndpointTable:
     """One endpoint of the table: routes, replicas per entity, limits, hold, description."""
 
@@ -84,6 +121,7 @@ class EndpointTable:
     hold_seconds: float = 0.0  # how long a request waits for a replica of its entity
     capture: CaptureTarget | None = None  # its inference table, when it captures
     models: Mapping[str, ServedModel] = field(default_factory=dict)  # entity key -> model
+    shadow: ShadowTarget | None = None  # the candidate mirrored to, during a shadow step
 
     def served_name(self, key: str) -> str:
         return self.served_names.get(key, key)
@@ -111,6 +149,7 @@ class EndpointTable:
             **({"rate_limits": limits} if limits else {}),
             **({"hold_seconds": self.hold_seconds} if self.hold_seconds > 0 else {}),
             **({"capture": self.capture.to_json()} if self.capture is not None else {}),
+            **({"shadow": self.shadow.to_json()} if self.shadow is not None else {}),
             "description": dict(self.description),
         }
 
@@ -170,6 +209,7 @@ def parse_endpoint(name: str, ep: Any) -> EndpointTable:
         hold_seconds=parse_hold_seconds(name, ep.get("hold_seconds")),
         capture=capture,
         models=models,
+        shadow=parse_shadow(name, ep.get("shadow"), entities),
     )
 
 
@@ -237,3 +277,70 @@ def parse_hold_seconds(name: str, raw: Any) -> float:
     ):
         raise ValueError(f"endpoints.{name}.hold_seconds must be a number >= 0, got {raw!r}")
     return float(raw)
+
+
+def parse_shadow(
+    name: str, raw: Any, entities: Mapping[str, tuple[ReplicaTarget, ...]]
+) -> ShadowTarget | None:
+    """`shadow` of endpoint `name`; absent or null is None. ValueError naming the field."""
+    if raw is None:
+        return None
+    where = f"endpoints.{name}.shadow"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be an object")
+    key, served_name = _text(where, raw, "key"), _text(where, raw, "served_name")
+    if key in entities:
+        raise ValueError(f"{where}.key {key!r} must differ from the endpoint's entity keys")
+    percent = raw.get("percent")
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+        raise ValueError(f"{where}.percent must be an integer from 1 to 100, got {percent!r}")
+    tolerance = raw.get("tolerance", 0.0)
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float)
+        or not math.isfinite(tolerance)
+        or tolerance < 0
+    ):
+        raise ValueError(f"{where}.tolerance must be a number >= 0, got {tolerance!r}")
+    return ShadowTarget(
+        key,
+        served_name,
+        percent,
+        float(tolerance),
+        _parse_shadow_replicas(where, raw.get("replicas")),
+        _parse_shadow_model(where, raw.get("model")),
+    )
+
+
+def _text(where: str, raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}.{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_shadow_replicas(where: str, raw: Any) -> tuple[ReplicaTarget, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}.replicas must be a non-empty list of {{id, url}}")
+    replicas: list[ReplicaTarget] = []
+    for i, item in enumerate(raw):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("id"), str)
+            or not isinstance(item.get("url"), str)
+            or not item["url"].startswith(("http://", "https://"))
+        ):
+            raise ValueError(f"{where}.replicas[{i}] must be {{id, url}} with an http:// url")
+        replicas.append(ReplicaTarget(item["id"], item["url"]))
+    return tuple(replicas)
+
+
+def _parse_shadow_model(where: str, raw: Any) -> ServedModel:
+    if raw is None:
+        return ServedModel()
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}.model must be an object with name and version")
+    name, version = raw.get("name"), raw.get("version")
+    return ServedModel(
+        None if name is None else str(name), None if version is None else str(version)
+    )

@@ -6,7 +6,8 @@ flight and its entity's (`EntityDemand.inflight` and peak: `demand.py`). `send` 
 failure of the replica into the response the client gets (503 when no pooled connection was
 free in time, 504 when the replica did not answer in time, 502 when it failed), except a
 failure before the replica sent anything, which raises `ConnectFailed` so that the caller
-may retry elsewhere (and eject the replica: `eject.py`).
+may retry elsewhere (and eject the replica: `eject.py`). `post` sends one request outside
+routing (a shadow's mirror: no in-flight counts, no demand) and lets the pool's errors out.
 
 This module does not choose replicas, retry, hold, check request bodies or record metrics:
 see `dataplane.py`.
@@ -17,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
+from yarl import URL
 
 from declare.gateway.config import GatewayConfig
 from declare.gateway.demand import EntityDemand
 from declare.gateway.pool import (
+    Answer,
     BrokenAnswer,
     ConnectError,
     ConnectionPool,
@@ -30,6 +33,9 @@ from declare.gateway.pool import (
 from declare.gateway.responses import error_response, unavailable
 from declare.gateway.state import Live
 from declare.gateway.table import ReplicaTarget
+
+# The header of every answer a replica gave (the served entity's name), and only of those.
+SERVED_MODEL_HEADER = "served-model-name"
 
 
 class ConnectFailed(Exception):
@@ -121,9 +127,16 @@ class Upstream:
             body=answer.body,
             headers={
                 "Content-Type": content.decode("latin-1") if content else "application/json",
-                "served-model-name": live.served.get(rid, entity),
+                SERVED_MODEL_HEADER: live.served.get(rid, entity),
             },
         )
+
+    async def post(self, url: URL, body: bytes, content_type: str, timeout: float) -> Answer:
+        """The answer of `url` to one POST of `body`, over the pool; the pool's errors
+        (`pool.PoolError`) as they come. Counts nothing: not for routed requests."""
+        host, port = url.raw_host or "127.0.0.1", url.port or 80
+        head = request_head(url.raw_path_qs, host, port, content_type, len(body))
+        return await self._pool.exchange(host, port, head, body, timeout)
 
 
 def request_head(path: str, host: str, port: int, content_type: str, length: int) -> bytes:

@@ -31,6 +31,7 @@ class Captured(NamedTuple):
     request: bytes
     response: bytes
     requester: str
+    shadow: bool = False  # a candidate's answer to a mirrored request (`shadow.py`)
 
 
 class CaptureBuffer:

@@ -6,13 +6,18 @@ The columns are those of Databricks' inference tables for custom models, with th
     client_request_id      STRING   the request body's `client_request_id`, when it has one
     date                   DATE     the UTC day the request arrived (the partition column)
     timestamp_ms           LONG     when it arrived, unix milliseconds
-    status_code            INT      the HTTP status the caller got (4xx, 429 and 5xx too)
-    execution_time_ms      LONG     the time the gateway took to answer, milliseconds
+    status_code            INT      the HTTP status the caller got (4xx, 429 and 5xx too);
+                                    on a shadow row, the candidate's
+    execution_time_ms      LONG     the time the gateway took to answer, milliseconds; on
+                                    a shadow row, the candidate's answer's
     sampling_fraction      DOUBLE   always 1.0: every request is captured
     request                STRING   the request body as sent (UTF-8)
     response               STRING   the response body as returned
     request_metadata       MAP<STRING, STRING>  endpoint_name, served_entity_name,
-                                    model_name, model_version, requester (those known)
+                                    model_name, model_version, requester (those known);
+                                    shadow = "true" on the row of a candidate's answer
+                                    to a mirrored request (a shadow step: its own row,
+                                    beside the user's, which has no such key)
     logging_error_codes    ARRAY<STRING>  as Databricks' AI Gateway tables:
                                     MAX_REQUEST_SIZE_EXCEEDED / MAX_RESPONSE_SIZE_EXCEEDED
                                     when that payload was over `max_payload_bytes` and is
@@ -108,7 +113,7 @@ def _metadata(records: Sequence[Captured]) -> pa.Array:
     values: list[str] = []
     cache: dict[tuple[object, ...], list[tuple[str, str]]] = {}
     for r in records:
-        who = (r.endpoint, r.served_entity, r.model_name, r.model_version, r.requester)
+        who = (r.endpoint, r.served_entity, r.model_name, r.model_version, r.requester, r.shadow)
         pairs = cache.get(who)
         if pairs is None:
             pairs = cache[who] = metadata(r)
@@ -128,6 +133,7 @@ def metadata(record: Captured) -> list[tuple[str, str]]:
         ("model_name", record.model_name),
         ("model_version", record.model_version),
         ("requester", record.requester),
+        ("shadow", "true" if record.shadow else None),
     )
     return [(k, v) for k, v in pairs if v is not None]
 
