@@ -13,7 +13,13 @@ import time
 from dataclasses import dataclass
 
 from declare.describe import describe
-from declare.gateway.table import EndpointTable, ReplicaTarget, RoutingTable, ServedModel
+from declare.gateway.table import (
+    EndpointTable,
+    ReplicaTarget,
+    RoutingTable,
+    ServedModel,
+    ShadowTarget,
+)
 from declare.model import CaptureTarget, RateLimit
 from declare.state.document import EndpointRecord, State
 
@@ -37,6 +43,7 @@ class Routing:
     hold_seconds: float = 0.0
     capture: CaptureTarget | None = None
     models: dict[str, ServedModel] | None = None  # target key -> the model it serves
+    shadow: ShadowTarget | None = None  # during a shadow step: the mirrored candidate
 
     def replica_ids(self) -> dict[str, list[str]]:
         return {key: sorted(t.id for t in targets) for key, targets in self.entities.items()}
@@ -71,6 +78,28 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
         record.spec.autoscaling.hold_seconds,
         record.spec.capture,
         models,
+        _shadow(record),
+    )
+
+
+def _shadow(record: EndpointRecord) -> ShadowTarget | None:
+    """The mirrored candidate of a shadow step; None when there is none, or when none of
+    its replicas is in rotation (nothing to mirror to)."""
+    s = record.shadow
+    if s is None:
+        return None
+    replicas = tuple(
+        ReplicaTarget(r.id, r.handle.url) for r in record.serving_replicas(s.entity, s.generation)
+    )
+    if not replicas:
+        return None
+    return ShadowTarget(
+        key=s.key,
+        served_name=s.entity,
+        percent=s.percent,
+        tolerance=s.tolerance,
+        replicas=replicas,
+        model=ServedModel(s.model_name, s.model_version),
     )
 
 
@@ -93,6 +122,7 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
             hold_seconds=routing.hold_seconds,
             capture=routing.capture,
             models=routing.models or {},
+            shadow=routing.shadow,
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -130,5 +160,11 @@ def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bo
         return False
     if live.hold_seconds != expected.hold_seconds or live.capture != expected.capture:
         return False
+    if _shadow_ids(live.shadow) != _shadow_ids(expected.shadow):
+        return False
     have = {key: sorted(t.id for t in targets) for key, targets in live.entities.items()}
     return all(have.get(key, []) == ids for key, ids in expected.replica_ids().items())
+
+
+def _shadow_ids(s: ShadowTarget | None) -> tuple[str, int, list[str]] | None:
+    return None if s is None else (s.key, s.percent, sorted(t.id for t in s.replicas))

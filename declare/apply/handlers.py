@@ -312,7 +312,14 @@ def shadow(ctx: ApplyContext, action: Action, p: Shadow) -> None:
     name = str(action.endpoint)
     cand, cand_gen, _, _ = p.pair
     policy = p.policy
-    route = ShadowRoute(cand, cand_gen, policy.percent, policy.bounds.tolerance)
+    route = ShadowRoute(
+        cand,
+        cand_gen,
+        policy.percent,
+        policy.bounds.tolerance,
+        p.model.name if p.model else None,
+        p.model.version if p.model else None,
+    )
 
     def mirrored(state: State) -> State:
         before = state.endpoints[name]

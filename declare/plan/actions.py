@@ -191,6 +191,7 @@ class Shadow:
     KIND: ClassVar = ActionKind.SHADOW
     policy: ShadowPolicy
     pair: tuple[str, str, str, str]
+    model: ResolvedModel | None = None  # the candidate's, named in its captured rows
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 
 from declare.diff import Change, EndpointChange, Impact
-from declare.model import ReplicaHandle, ReplicaSpec, RolloutPolicy
+from declare.model import ReplayPolicy, ReplicaHandle, ReplicaSpec, RolloutPolicy, ShadowPolicy
 from declare.plan.actions import (
     Action,
     AdoptGateway,
@@ -477,62 +477,64 @@ def _evidence(
     policy = rollout.policy
     if not rollout.rolling or (policy.replay is None and policy.shadow is None):
         return ready_ids
-    name = change.name
     pairs = pairs_of(rollout)
     previous = ready_ids
     if policy.replay is not None:
-        replay = policy.replay
-        capture = change.before.spec.capture if change.before and change.before.spec else None
-        available = inp.captured.get(name, 0)
-        skip = ""
-        if capture is None:
-            skip = "the endpoint captures no requests (no inference table is enabled)"
-        elif available < replay.min_requests:
-            skip = (
-                f"its inference table {capture.table_name} holds {available} replayable "
-                f"requests, fewer than min_requests {replay.min_requests}"
-            )
-        compared = ", ".join(f"{c} against {s}" for c, _, s, _ in pairs)
-        summary = (
-            f"replay skipped: {skip}"
-            if skip
-            else f"replay the newest {min(replay.requests, available)} captured requests "
-            f"(of {available}): {compared}; roll back if {replay.bounds.describe()}"
-        )
-        replay_id = g.add(
-            Action(
-                f"endpoint.{name}.replay",
-                name,
-                summary,
-                Replay(replay, pairs, capture, available, skip),
-            )
-        )
+        replay_id = g.add(_replay(inp, change, policy.replay, pairs))
         # Replayed only once every new replica answers.
         for rid in previous:
             g.edge(rid, replay_id)
         previous = [replay_id]
     if policy.shadow is not None:
-        shadow = policy.shadow
-        news = {(e, gen): p for e, gen, p in rollout.new}
-        pair = max(pairs, key=lambda t: news.get((t[0], t[1]), 0))
-        others = [c for c, _, _, _ in pairs if c != pair[0]]
-        shadow_id = g.add(
-            Action(
-                f"endpoint.{name}.shadow",
-                name,
-                f"shadow {shadow.percent}% of live requests to {pair[0]} for "
-                f"{shadow.seconds:g}s, users answered as now; roll back if "
-                f"{shadow.bounds.describe()}"
-                + (f" (not mirrored: {', '.join(others)})" if others else ""),
-                Shadow(shadow, pair),
-            )
-        )
+        shadow_id = g.add(_shadow(change, rollout, policy.shadow, pairs))
         # Mirrored once the candidate answers (and its replay passed), through the gateway.
         for rid in previous:
             g.edge(rid, shadow_id)
         g.edge(start_gw, shadow_id)
         previous = [shadow_id]
     return previous
+
+
+def _replay(inp: PlanInput, change: EndpointChange, replay: ReplayPolicy, pairs: Pairs) -> Action:
+    name = change.name
+    capture = change.before.spec.capture if change.before and change.before.spec else None
+    available = inp.captured.get(name, 0)
+    skip = ""
+    if capture is None:
+        skip = "the endpoint captures no requests (no inference table is enabled)"
+    elif available < replay.min_requests:
+        skip = (
+            f"its inference table {capture.table_name} holds {available} replayable "
+            f"requests, fewer than min_requests {replay.min_requests}"
+        )
+    compared = ", ".join(f"{c} against {s}" for c, _, s, _ in pairs)
+    summary = (
+        f"replay skipped: {skip}"
+        if skip
+        else f"replay the newest {min(replay.requests, available)} captured requests "
+        f"(of {available}): {compared}; roll back if {replay.bounds.describe()}"
+    )
+    return Action(
+        f"endpoint.{name}.replay", name, summary, Replay(replay, pairs, capture, available, skip)
+    )
+
+
+def _shadow(
+    change: EndpointChange, rollout: _Rollout, shadow: ShadowPolicy, pairs: Pairs
+) -> Action:
+    """The candidate that gets the most new traffic is mirrored."""
+    news = {(e, gen): p for e, gen, p in rollout.new}
+    pair = max(pairs, key=lambda t: news.get((t[0], t[1]), 0))
+    others = [c for c, _, _, _ in pairs if c != pair[0]]
+    model = change.after.models.get(pair[0]) if change.after else None
+    return Action(
+        f"endpoint.{change.name}.shadow",
+        change.name,
+        f"shadow {shadow.percent}% of live requests to {pair[0]} for "
+        f"{shadow.seconds:g}s, users answered as now; roll back if "
+        f"{shadow.bounds.describe()}" + (f" (not mirrored: {', '.join(others)})" if others else ""),
+        Shadow(shadow, pair, model),
+    )
 
 
 def _steps(

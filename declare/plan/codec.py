@@ -90,16 +90,8 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
             return {"slot": p.slot, "handle": p.handle.to_json(), "index": p.index}
         case AwaitReady():
             return {"slot": p.slot, "model": p.model.to_json()}
-        case Replay():
-            return {
-                "policy": p.policy.to_json(),
-                "pairs": [list(t) for t in p.pairs],
-                "capture": p.capture.to_json() if p.capture else None,
-                "available": p.available,
-                "skip": p.skip,
-            }
-        case Shadow():
-            return {"policy": p.policy.to_json(), "pair": list(p.pair)}
+        case Replay() | Shadow():
+            return _evidence_json(p)
         case ShiftTraffic():
             return {
                 "step": p.step,
@@ -128,6 +120,22 @@ def payload_to_json(p: Payload) -> dict[str, Any]:
             return {"replica_ids": list(p.replica_ids)}
         case StopReplica() | ForgetReplica() | StopOrphan():
             return {"handle": p.handle.to_json()}
+
+
+def _evidence_json(p: Replay | Shadow) -> dict[str, Any]:
+    if isinstance(p, Replay):
+        return {
+            "policy": p.policy.to_json(),
+            "pairs": [list(t) for t in p.pairs],
+            "capture": p.capture.to_json() if p.capture else None,
+            "available": p.available,
+            "skip": p.skip,
+        }
+    return {
+        "policy": p.policy.to_json(),
+        "pair": list(p.pair),
+        "model": p.model.to_json() if p.model else None,
+    }
 
 
 def _pair(raw: Any) -> tuple[str, str, str, str]:
@@ -172,7 +180,11 @@ _DECODERS: Mapping[ActionKind, Callable[[Mapping[str, Any]], Payload]] = {
         int(d["available"]),
         str(d.get("skip") or ""),
     ),
-    ActionKind.SHADOW: lambda d: Shadow(ShadowPolicy.from_json(d["policy"]), _pair(d["pair"])),
+    ActionKind.SHADOW: lambda d: Shadow(
+        ShadowPolicy.from_json(d["policy"]),
+        _pair(d["pair"]),
+        ResolvedModel.from_json(d["model"]) if d.get("model") else None,
+    ),
     ActionKind.SHIFT_TRAFFIC: lambda d: ShiftTraffic(
         int(d["step"]), int(d["of"]), int(d["percent"]), _split(d["split"])
     ),

@@ -16,7 +16,8 @@ and `lineage`; this module gives that document its meaning:
           "serving": {"<entity>": "<generation>"},   # which generation each route reaches
           "split": [["<entity>", "<generation>", 10], ...],  # during a progressive rollout:
                                                      # the traffic split now (overrides routes)
-          "shadow": {"entity", "generation", "percent", "tolerance"} | null,
+          "shadow": {"entity", "generation", "percent", "tolerance",
+                     "model_name", "model_version"} | null,
                                                      # during a shadow step: the new entity
                                                      # live requests are mirrored to
           "replicas": [<ReplicaRecord JSON>],        # every replica started and not yet stopped
@@ -118,6 +119,8 @@ class ShadowRoute:
     generation: str
     percent: int
     tolerance: float
+    model_name: str | None = None  # the registered model it serves, for captured rows
+    model_version: str | None = None
 
     @property
     def key(self) -> str:
@@ -130,6 +133,8 @@ class ShadowRoute:
             "generation": self.generation,
             "percent": self.percent,
             "tolerance": self.tolerance,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
         }
 
     @classmethod
@@ -139,6 +144,8 @@ class ShadowRoute:
             str(data["generation"]),
             int(data["percent"]),
             float(data["tolerance"]),
+            None if data.get("model_name") is None else str(data["model_name"]),
+            None if data.get("model_version") is None else str(data["model_version"]),
         )
 
 

@@ -185,3 +185,59 @@ def test_replay_passes_for_the_same_model_and_rolls_back_a_different_one(
         assert time.monotonic() < deadline, "the gateway did not capture the users' requests"
         time.sleep(0.2)
     assert replayable_count(_table(project), "iris") == users_sent
+
+
+SHADOW = """\
+rollout:
+  shadow:
+    percent: 50
+    seconds: 6
+    min_requests: 10
+    max_disagreement: 0
+    max_error_rate: 0
+"""
+
+
+def _shadow_rows(project: CliProject) -> list[dict[str, str]]:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(_table(project))).to_pyarrow_table(columns=["request_metadata"])
+    metas = [dict(r["request_metadata"] or []) for r in table.to_pylist()]
+    return [m for m in metas if m.get("shadow") == "true"]
+
+
+def test_shadow_passes_for_the_same_model_and_trips_on_another_while_users_see_one(
+    project: CliProject,
+) -> None:
+    project.write(manifest("1"))
+    up = project.declare("apply", "--auto-approve")
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    project.write(manifest("1", SHADOW, env="2"))
+    with Users(project.url) as same_users:
+        same = project.declare("apply", "--auto-approve")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "endpoint.iris.shadow: shadow passes (iris: " in same.stdout
+    assert " 0 errors, 0 of " in same.stdout
+    assert same_users.failed == 0, same_users.statuses
+    assert project.state()["endpoints"]["iris"].get("shadow") is None  # taken away again
+
+    served_before = _serving_generation(project)
+    project.write(manifest("2", SHADOW, env="2"))
+    with Users(project.url) as users:
+        other = project.declare("apply", "--auto-approve")
+    assert other.returncode == 1, other.stdout + other.stderr
+    text = other.stdout + other.stderr
+    assert "shadow: iris answered " in text and "rows differently from the serving" in text
+    assert users.failed == 0, users.statuses
+    assert len(users.answers) == 1, "users saw the shadowed model's answers"
+    record = project.state()["endpoints"]["iris"]
+    assert _serving_generation(project) == served_before
+    assert record.get("shadow") is None
+    assert {r["handle"]["generation"] for r in record["replicas"]} == {served_before}
+    # the mirrored answers are in the inference table, flagged, with the candidate's version
+    deadline = time.monotonic() + 30
+    while not any(m.get("model_version") == "2" for m in _shadow_rows(project)):
+        assert time.monotonic() < deadline, "no shadow row of iris v2 was captured"
+        time.sleep(0.2)
+    assert {m["served_entity_name"] for m in _shadow_rows(project)} == {"iris"}

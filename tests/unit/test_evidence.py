@@ -190,3 +190,53 @@ def test_evidence_actions_survive_a_saved_plan(kind: str) -> None:
     plan = _plan(before, _rolled(desired(("2", 100)), rollout, CAPTURE), captured=50)
     action = plan.action(f"endpoint.iris.{kind}")
     assert action_from_json(action_to_json(action)) == action
+
+
+def test_a_recorded_shadow_reaches_the_routing_table_and_drift_sees_it_missing() -> None:
+    from declare.routing import routes_as_expected, routing_table
+    from declare.state.document import ReplicaRecord, ShadowRoute
+
+    before = desired(("1", 100))
+    state, _ = applied(before)
+    record = state.endpoints["iris"]
+    candidate = replace(record.replicas[0].handle, id="cand-0", generation="feedbeef" * 8)
+    record = record.with_replica(ReplicaRecord(candidate, 0, ready=True))
+    shadowed = replace(record, shadow=ShadowRoute("iris-2", "feedbeef" * 8, 25, 1e-6, "iris", "2"))
+    # the candidate is of another entity in this record: derive for its own entity name
+    shadowed = replace(
+        shadowed,
+        replicas=tuple(
+            replace(r, handle=replace(r.handle, entity="iris-2")) if r.id == "cand-0" else r
+            for r in shadowed.replicas
+        ),
+    )
+    table = routing_table(replace(state, endpoints={"iris": shadowed}), 1)
+    target = table.endpoints["iris"].shadow
+    assert target is not None
+    assert (target.key, target.served_name, target.percent) == ("iris-2@feedbeef", "iris-2", 25)
+    assert [t.id for t in target.replicas] == ["cand-0"]
+    assert (target.model.name, target.model.version) == ("iris", "2")
+    assert table.endpoints["iris"].routes == (("iris-1", 100),)  # users' routing unchanged
+    # a gateway that lost the shadow does not route as the state says
+    unshadowed = routing_table(replace(state, endpoints={"iris": record}), 1).endpoints["iris"]
+    assert routes_as_expected(shadowed, table.endpoints["iris"])
+    assert not routes_as_expected(shadowed, unshadowed)
+    # the record round-trips through JSON with its shadow
+    from declare.state.document import EndpointRecord
+
+    assert EndpointRecord.from_json(shadowed.to_json()) == shadowed
+
+
+def test_a_state_with_a_shadow_and_evidence_policies_passes_its_schema() -> None:
+    from declare.errors import StateDocumentError
+    from declare.state.document import ShadowRoute
+    from declare.state.schema import check_document
+
+    rollout = {"replay": {"requests": 5, "min_requests": 5}, "shadow": {"percent": 10}}
+    state, _ = applied(_rolled(desired(("1", 100)), rollout, CAPTURE))
+    record = replace(state.endpoints["iris"], shadow=ShadowRoute("iris-2", "ab" * 32, 10, 0.0))
+    doc = replace(state, endpoints={"iris": record}).to_json()
+    check_document(doc, "s.json")
+    doc["endpoints"]["iris"]["shadow"]["percent"] = 0
+    with pytest.raises(StateDocumentError, match=r"endpoints\.iris\.shadow\.percent"):
+        check_document(doc, "s.json")
