@@ -12,6 +12,7 @@ no I/O, no MLflow, no processes.
     limits     RateLimit and how a manifest's limits are read
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
+    logs       LogSource, BuildLog: where a replica's log and build log are read from
     hashing    canonical JSON and content hashes
     names      name limits, and the replica ids providers name what they make after
 """
@@ -27,6 +28,7 @@ from declare.model.endpoint import (
 )
 from declare.model.hashing import canonical_json, short_hash
 from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest_limits
+from declare.model.logs import BuildLog, LogSource
 from declare.model.names import (
     ENDPOINT_NAME_MAX,
     ENTITY_NAME_MAX,
@@ -50,12 +52,14 @@ __all__ = [
     "WORKLOAD_TYPES",
     "AutoscalePolicy",
     "Batching",
+    "BuildLog",
     "CaptureTarget",
     "EndpointSpec",
     "EntitySpec",
     "Figures",
     "Guards",
     "LimitError",
+    "LogSource",
     "ManifestLimits",
     "RateLimit",
     "ReplicaHandle",

@@ -82,7 +82,7 @@ class DockerProvider:
         self._lock_path = root / ".lock"
         self.engine = Engine(self.settings.engine)
         self.containers = Containers(
-            self.engine, context.project, self.settings.host, self.logs_dir
+            self.engine, context.project, self.settings.host, self.logs_dir, self.builds_dir
         )
         self.artifacts = ModelArtifacts(root / "models")
         self.images = ImageRecord(root / "images.json", self._lock_path)
