@@ -248,7 +248,7 @@ class Containers:
         missing when the image was on the engine before this project needed it)."""
         key = image_tag.rsplit(":", 1)[-1] if image_tag else ""
         build = BuildLog(file=str(self.builds_dir / f"{key}.log")) if key else None
-        return LogSource(engine=self.engine.url, container=container_id, build=build)
+        return LogSource(engine=self.engine.api_url, container=container_id, build=build)
 
     def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
         """The container's last `tail` log lines (the kept log once it was removed)."""

@@ -266,3 +266,18 @@ def test_a_containers_log_is_asked_of_the_engine_over_its_unix_socket(tmp_path: 
     assert "container gone no longer exists on the engine" in gone
     assert "does not answer" in down and "`declare logs iris iris-1`" in down
     assert "unix socket or plain TCP" in ssh
+
+
+def test_an_engine_reached_over_tls_is_named_so_and_not_asked_in_plain_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from providers.docker.engine import Engine
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    engine = Engine(None).api_url
+    assert engine == "https://127.0.0.1:2376"
+    ((_, body),) = ask(
+        table_json({"engine": engine, "container": "c"}, None), LOGS.format("iris-1")
+    )
+    assert "unix socket or plain TCP, and the engine is https://" in body["logs"]
