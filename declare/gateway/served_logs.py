@@ -13,7 +13,8 @@
 Where the logs are comes from the routing table (`ReplicaTarget.logs`, `EndpointTable.
 build_logs`, written by the providers into their handles: `declare.model.logs`); this
 module reads them there (`logread.py`) and asks no provider. A replica whose table entry
-names no log (a table pushed by an older declare), or whose log cannot be read, gets a line
+names no log (started, or the table pushed, by an older declare), or whose log cannot be
+read, gets a line
 saying so and pointing at `declare logs` instead of failing the whole answer.
 
 An unknown endpoint or served model is 404 RESOURCE_DOES_NOT_EXIST naming it. A served model
@@ -115,8 +116,8 @@ class ServedLogs:
             return _logs("\n".join(texts))
         if any(ep.entities[k] for k in keys):
             return _logs(
-                f"(the routing table names no build log for {served!r}: it was pushed by a "
-                "declare that did not carry one; the next push of the table (an apply) does)"
+                f"(the routing table names no build log for {served!r}: its replicas were "
+                "started, or the table pushed, by a declare that did not record where it is)"
             )
         return _logs(
             f"(no replica of {served!r} runs now, and its build log is found through one; "
@@ -131,8 +132,9 @@ def _logs(text: str) -> web.Response:
 async def _replica_log(endpoint: str, served: str, replica: ReplicaTarget) -> str:
     if replica.logs is None:
         return (
-            "(the routing table does not say where this replica's log is: it was pushed by a "
-            f"declare that did not carry it; `declare logs {endpoint} {served}` shows it)"
+            "(the routing table does not say where this replica's log is: the replica was "
+            "started, or the table pushed, by a declare that did not record it; "
+            f"`declare logs {endpoint} {served}` shows it)"
         )
     try:
         return await read_source(replica.logs, TAIL_LINES, REPLICA_BYTES)
