@@ -4,7 +4,9 @@ Pure functions of `State`: the routing table declare pushes is always computed f
 state records (which replicas are in rotation for which routed entity), so pushing it again
 is always safe. `expected_routing` is the same derivation without the endpoint's description,
 for comparing with what a gateway routes (drift). The description itself (Databricks' GET
-shape) is `declare.describe`'s.
+shape) is `declare.describe`'s. Where each replica's log and each entity's build log are
+read (`declare.model.logs`) is carried from the replicas' handles as their providers wrote
+it, for the gateway's `.../served-models/{name}/logs` and `build-logs`; drift ignores it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from declare.gateway.table import (
     ServedModel,
     ShadowTarget,
 )
-from declare.model import CaptureTarget, RateLimit
+from declare.model import BuildLog, CaptureTarget, RateLimit
 from declare.state.document import EndpointRecord, State
 
 
@@ -44,6 +46,7 @@ class Routing:
     capture: CaptureTarget | None = None
     models: dict[str, ServedModel] | None = None  # target key -> the model it serves
     shadow: ShadowTarget | None = None  # during a shadow step: the mirrored candidate
+    build_logs: dict[str, BuildLog] | None = None  # target key -> its environment's build log
 
     def replica_ids(self) -> dict[str, list[str]]:
         return {key: sorted(t.id for t in targets) for key, targets in self.entities.items()}
@@ -58,6 +61,7 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
     entities: dict[str, tuple[ReplicaTarget, ...]] = {}
     served: dict[str, str] = {}
     models: dict[str, ServedModel] = {}
+    build_logs: dict[str, BuildLog] = {}
     routes: list[tuple[str, int]] = []
     for entity, generation, pct in traffic:
         key = target_key(traffic, entity, generation)
@@ -65,8 +69,12 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
         if resolved is not None and record.generation(entity) == generation:
             models[key] = ServedModel(resolved.name, resolved.version)
         entities[key] = tuple(
-            ReplicaTarget(r.id, r.handle.url) for r in record.serving_replicas(entity, generation)
+            ReplicaTarget(r.id, r.handle.url, r.handle.logs)
+            for r in record.serving_replicas(entity, generation)
         )
+        build = _build_log(record, entity, generation)
+        if build is not None:
+            build_logs[key] = build
         routes.append((key, pct))
         if key != entity:
             served[key] = entity
@@ -78,7 +86,8 @@ def expected_routing(record: EndpointRecord) -> Routing | None:
         record.spec.autoscaling.hold_seconds,
         record.spec.capture,
         models,
-        _shadow(record),
+        shadow=_shadow(record),
+        build_logs=build_logs,
     )
 
 
@@ -103,6 +112,16 @@ def _shadow(record: EndpointRecord) -> ShadowTarget | None:
     )
 
 
+def _build_log(record: EndpointRecord, entity: str, generation: str) -> BuildLog | None:
+    """The build log its provider named in a replica of `entity` at `generation` (in
+    rotation or not: every replica of one generation has the same environment)."""
+    for r in record.replicas:
+        logs = r.handle.logs
+        if r.entity == entity and r.generation == generation and logs and logs.build:
+            return logs.build
+    return None
+
+
 def routing_table(state: State, version: int | None = None) -> RoutingTable:
     endpoints: dict[str, EndpointTable] = {}
     for name, record in sorted(state.endpoints.items()):
@@ -123,6 +142,7 @@ def routing_table(state: State, version: int | None = None) -> RoutingTable:
             capture=routing.capture,
             models=routing.models or {},
             shadow=routing.shadow,
+            build_logs=routing.build_logs or {},
         )
     return RoutingTable(
         version=version if version is not None else int(time.time() * 1000),
@@ -150,7 +170,9 @@ def keeping_served(table: RoutingTable, live: RoutingTable, names: frozenset[str
 
 def routes_as_expected(record: EndpointRecord, live: EndpointTable | None) -> bool:
     """True when a gateway's `live` entry routes `record` as the state says it should:
-    the same shares, the same replica ids per target, the same limits and capture."""
+    the same shares, the same replica ids per target, the same limits and capture (not
+    where logs are read: that is no routing, and a table pushed before it was carried must
+    not look drifted)."""
     expected = expected_routing(record)
     if expected is None:  # routed nowhere: absent, or described with no routes
         return live is None or (not live.routes and not live.entities)

@@ -40,6 +40,7 @@ from typing import Any
 from declare import procs
 from declare.errors import ConfigError, ProviderError
 from declare.model import (
+    LogSource,
     ReplicaHandle,
     ReplicaSpec,
     replica_id_problem,
@@ -152,8 +153,10 @@ def handle_from_labels(
     host: str,
     port: int,
     data: Mapping[str, Any],
+    logs: LogSource | None = None,
 ) -> ReplicaHandle:
-    """The handle of a replica listening on `host:port`, named by its `declare.*` labels."""
+    """The handle of a replica listening on `host:port`, named by its `declare.*` labels;
+    `logs` where the gateway reads its log and build log."""
     return ReplicaHandle(
         id=replica_id,
         provider=provider,
@@ -162,6 +165,7 @@ def handle_from_labels(
         generation=labels["declare.generation"],
         url=f"http://{host}:{port}",
         data=data,
+        logs=logs,
     )
 
 

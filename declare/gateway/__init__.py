@@ -22,6 +22,8 @@ Modules:
     dataplane   invocations: limits, body checks, entity/replica choice, one retry, hold
     upstream    the pooled client session to the replicas
     management  the read-only management API and health
+    served_logs a served model's logs and build logs (Databricks' `logs`, `build_logs`)
+    logread     reading a log where the table says it is: a file, a Docker engine's API
     admin       the admin interface: table push/get, drain, metrics, demand
     server      the aiohttp application: routes, auth, error mapping
     protocol    below the application: aiohttp's parser errors as JSON, the head timeout

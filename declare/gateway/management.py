@@ -2,6 +2,7 @@
 
     GET /api/2.0/serving-endpoints[/{name}]   endpoint descriptions (Databricks shapes)
     GET /api/2.0/serving-endpoints/{name}/metrics   the endpoint's metrics, Prometheus text
+    (a served model's logs and build logs: `served_logs.py`)
     GET /metrics                              every endpoint's, Prometheus text
     POST, PUT, PATCH, DELETE on /api/2.0/serving-endpoints[/...]   403: declare manages them
     GET /.well-known/databricks-config        {} (the SDK's host metadata probe; no auth)

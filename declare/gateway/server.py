@@ -6,6 +6,10 @@ Public (bearer auth when `auth_token` is set):
     POST|PUT|PATCH|DELETE /api/2.0/serving-endpoints[/...]   403 PERMISSION_DENIED: declare
                                                    manages the endpoints (read-only API)
     GET  /api/2.0/serving-endpoints/{name}/metrics the endpoint's metrics (export_metrics)
+    GET  /api/2.0/serving-endpoints/{name}/served-models/{served}/logs        its replicas'
+    GET  /api/2.0/serving-endpoints/{name}/served-models/{served}/build-logs  logs, and the
+                                                   build log of its environment (`logs`,
+                                                   `build_logs`)
     GET  /metrics                                  every endpoint's metrics (Prometheus)
     A request over one of the endpoint's rate limits gets 429 REQUEST_LIMIT_EXCEEDED with
     Retry-After (see limits.py).
@@ -24,6 +28,7 @@ The parts, sharing one `GatewayState` (state.py):
     hold.py         requests held for a replica instead of 503 (endpoint `hold_seconds`)
     upstream.py     the pooled client session to the replicas
     management.py   the read-only management API and health
+    served_logs.py  a served model's logs and build logs (read where the table says)
     admin.py        table push/get, drain, metrics, demand
     shadow.py       a shadow step's mirrors to a candidate, measured, never returned
 This module builds them, adds the routes and holds the middleware (authentication, and
@@ -51,6 +56,7 @@ from declare.gateway.config import GatewayConfig
 from declare.gateway.dataplane import DataPlane
 from declare.gateway.management import ManagementApi, describe_endpoint
 from declare.gateway.responses import error_response, too_large
+from declare.gateway.served_logs import ServedLogs
 from declare.gateway.shadow import Shadow
 from declare.gateway.state import GatewayState
 from declare.gateway.table import RoutingTable
@@ -102,6 +108,7 @@ class Gateway:
         self.state.on_table.append(self.shadow.table_changed)
         self.data_plane = DataPlane(config, self.state, self.upstream, retry_after, self.shadow)
         self.management = ManagementApi(self.state)
+        self.served_logs = ServedLogs(self.state)
         self.admin = AdminApi(self.state, config.table_file)
         kept = kept_table(config.table_file)
         if kept is not None:
@@ -132,6 +139,9 @@ class Gateway:
             )
         routes.add_get("/api/2.0/serving-endpoints/{name}", self.management.get_endpoint)
         routes.add_get("/api/2.0/serving-endpoints/{name}/metrics", self.management.export_metrics)
+        served = "/api/2.0/serving-endpoints/{name}/served-models/{served}"
+        routes.add_get(f"{served}/logs", self.served_logs.logs)
+        routes.add_get(f"{served}/build-logs", self.served_logs.build_logs)
         routes.add_get("/metrics", self.management.metrics)
         routes.add_get("/_declare/health", self.management.health)
         routes.add_get("/.well-known/databricks-config", self.management.host_metadata)

@@ -15,7 +15,11 @@ A table is swapped in whole and atomically. Its JSON shape (PUT /_declare/admin/
                                            # served-model-name header when the key differs
                                            # (two generations of one entity during a rollout);
                                            # optional "model": {"name", "version"}, the
-                                           # registered model it serves (for captured rows)
+                                           # registered model it serves (for captured rows);
+                                           # optional "logs" per replica: where its log is,
+                                           # {"file": path} or {"engine": url, "container":
+                                           # id} (declare.model.logs); optional "build_log"
+                                           # per entity: {"file": path} or {"text": line}
           "capture": {                     # optional: every request goes to this inference
             "catalog_name": "main",        # table, below the gateway's capture root
             "schema_name": "default",      # (declare.model.capture)
@@ -59,14 +63,20 @@ from typing import Any
 
 from declare.model.capture import CaptureTarget
 from declare.model.limits import RateLimit
+from declare.model.logs import BuildLog, LogSource
 
 
 @dataclass(frozen=True)
 class ReplicaTarget:
-    """One ready replica: its id (unique in the table) and base URL."""
+    """One ready replica: its id (unique in the table) and base URL; where its log is."""
 
     id: str
     url: str
+    logs: LogSource | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        logs = {"logs": self.logs.to_json()} if self.logs is not None else {}
+        return {"id": self.id, "url": self.url, **logs}
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class EndpointTable:
     capture: CaptureTarget | None = None  # its inference table, when it captures
     models: Mapping[str, ServedModel] = field(default_factory=dict)  # entity key -> model
     shadow: ShadowTarget | None = None  # the candidate mirrored to, during a shadow step
+    build_logs: Mapping[str, BuildLog] = field(default_factory=dict)  # entity key -> build log
 
     def served_name(self, key: str) -> str:
         return self.served_names.get(key, key)
@@ -132,7 +143,7 @@ class EndpointTable:
             "routes": [{"served_entity_name": n, "traffic_percentage": p} for n, p in self.routes],
             "entities": {
                 name: {
-                    "replicas": [{"id": r.id, "url": r.url} for r in replicas],
+                    "replicas": [r.to_json() for r in replicas],
                     **(
                         {"served_name": self.served_names[name]}
                         if name in self.served_names
@@ -141,6 +152,11 @@ class EndpointTable:
                     **(
                         {"model": self.models[name].to_json()}
                         if self.models.get(name, ServedModel()).to_json()
+                        else {}
+                    ),
+                    **(
+                        {"build_log": self.build_logs[name].to_json()}
+                        if name in self.build_logs
                         else {}
                     ),
                 }
@@ -192,7 +208,7 @@ def parse_endpoint(name: str, ep: Any) -> EndpointTable:
     desc = ep.get("description") or {}
     if not isinstance(desc, dict):
         raise ValueError(f"endpoints.{name}.description must be an object")
-    entities, served_names, models = _parse_entities(name, ep.get("entities") or {})
+    entities, served_names, models, build_logs = _parse_entities(name, ep.get("entities") or {})
     capture = None
     if ep.get("capture") is not None:
         try:
@@ -210,6 +226,7 @@ def parse_endpoint(name: str, ep: Any) -> EndpointTable:
         capture=capture,
         models=models,
         shadow=parse_shadow(name, ep.get("shadow"), entities),
+        build_logs=build_logs,
     )
 
 
@@ -227,19 +244,25 @@ def _parse_routes(name: str, raw: Any) -> tuple[tuple[str, int], ...]:
 
 def _parse_entities(
     name: str, raw: Any
-) -> tuple[dict[str, tuple[ReplicaTarget, ...]], dict[str, str], dict[str, ServedModel]]:
+) -> tuple[
+    dict[str, tuple[ReplicaTarget, ...]],
+    dict[str, str],
+    dict[str, ServedModel],
+    dict[str, BuildLog],
+]:
     entities: dict[str, tuple[ReplicaTarget, ...]] = {}
     served_names: dict[str, str] = {}
     models: dict[str, ServedModel] = {}
+    build_logs: dict[str, BuildLog] = {}
     try:
         items = list(raw.items())
     except AttributeError as exc:
         raise ValueError(f"endpoints.{name}.entities must be an object") from exc
     for ent, body in items:
         try:
-            entities[ent] = tuple(
-                ReplicaTarget(str(x["id"]), str(x["url"])) for x in body["replicas"]
-            )
+            entities[ent] = tuple(_parse_replica(x) for x in body["replicas"])
+            if body.get("build_log") is not None:
+                build_logs[ent] = BuildLog.from_json(body["build_log"])
             if body.get("served_name") is not None:
                 served_names[ent] = str(body["served_name"])
             model = body.get("model")
@@ -248,9 +271,16 @@ def _parse_entities(
                     None if model.get("name") is None else str(model["name"]),
                     None if model.get("version") is None else str(model["version"]),
                 )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"endpoints.{name}.entities.{ent} is malformed") from exc
-    return entities, served_names, models
+    return entities, served_names, models, build_logs
+
+
+def _parse_replica(raw: Any) -> ReplicaTarget:
+    logs = raw.get("logs")
+    return ReplicaTarget(
+        str(raw["id"]), str(raw["url"]), None if logs is None else LogSource.from_json(logs)
+    )
 
 
 def _parse_limits(name: str, raw: Any) -> tuple[RateLimit, ...]:

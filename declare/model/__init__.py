@@ -14,6 +14,7 @@ no I/O, no MLflow, no processes.
     limits     RateLimit and how a manifest's limits are read
     scaling    replica ranges from workload sizes / concurrency; the autoscaling timings
     replica    ReplicaSpec (what to start), ReplicaHandle (what was started)
+    logs       LogSource, BuildLog: where a replica's log and build log are read from
     hashing    canonical JSON and content hashes
     names      name limits, and the replica ids providers name what they make after
 """
@@ -30,6 +31,7 @@ from declare.model.endpoint import (
 from declare.model.evidence import Bounds, Evidence, ReplayPolicy, ShadowPolicy, verdict
 from declare.model.hashing import canonical_json, short_hash
 from declare.model.limits import LimitError, ManifestLimits, RateLimit, manifest_limits
+from declare.model.logs import BuildLog, LogSource
 from declare.model.names import (
     ENDPOINT_NAME_MAX,
     ENTITY_NAME_MAX,
@@ -54,6 +56,7 @@ __all__ = [
     "AutoscalePolicy",
     "Batching",
     "Bounds",
+    "BuildLog",
     "CaptureTarget",
     "EndpointSpec",
     "EntitySpec",
@@ -61,6 +64,7 @@ __all__ = [
     "Figures",
     "Guards",
     "LimitError",
+    "LogSource",
     "ManifestLimits",
     "RateLimit",
     "ReplayPolicy",

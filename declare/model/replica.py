@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from declare.model.batching import Batching, batching_from_json
+from declare.model.logs import LogSource
 from declare.model.resolved import ResolvedModel
 
 
@@ -83,7 +84,9 @@ class ReplicaHandle:
     """A running (or once-running) replica, as a provider identifies it.
 
     `url` is the replica's base URL on loopback (`http://127.0.0.1:PORT`); `data` is the
-    provider's own JSON-serializable identification (PID and start time, container id, ...).
+    provider's own JSON-serializable identification (PID and start time, container id, ...);
+    `logs` where its log and its build log are read without the provider (None in handles
+    recorded before providers wrote one; see `declare.model.logs`).
     """
 
     id: str
@@ -93,6 +96,7 @@ class ReplicaHandle:
     generation: str
     url: str
     data: Mapping[str, Any] = field(default_factory=dict)
+    logs: LogSource | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ class ReplicaHandle:
             "generation": self.generation,
             "url": self.url,
             "data": dict(self.data),
+            **({"logs": self.logs.to_json()} if self.logs is not None else {}),
         }
 
     @classmethod
@@ -115,4 +120,5 @@ class ReplicaHandle:
             generation=data["generation"],
             url=data["url"],
             data=dict(data.get("data") or {}),
+            logs=None if data.get("logs") is None else LogSource.from_json(data["logs"]),
         )

@@ -26,7 +26,7 @@ from typing import Any
 
 from declare import procs
 from declare.errors import ProviderError
-from declare.model import ReplicaHandle, ReplicaSpec
+from declare.model import BuildLog, LogSource, ReplicaHandle, ReplicaSpec
 from declare.provider import StoppedLog
 from providers._shared import (
     DEATH_LOG_LINES,
@@ -158,11 +158,14 @@ def name_of(handle: ReplicaHandle) -> str:
 class Containers:
     """The replica containers of `project` on one engine, and the logs kept of removed ones."""
 
-    def __init__(self, engine: Engine, project: str, host: str, logs_dir: Path) -> None:
+    def __init__(
+        self, engine: Engine, project: str, host: str, logs_dir: Path, builds_dir: Path
+    ) -> None:
         self.engine = engine
         self.project = project
         self.host = host  # the loopback address replicas listen on
         self.logs_dir = logs_dir
+        self.builds_dir = builds_dir  # the build logs, `<image key>.log`
 
     def owned(self, all_projects: bool) -> list[Any]:
         """Every container of this provider (of this project unless `all_projects`)."""
@@ -230,8 +233,22 @@ class Containers:
             "labels": {k: labels[k] for k in SPEC_LABELS if k in labels},
         }
         return handle_from_labels(
-            PROVIDER_NAME, labels[LABEL_REPLICA], labels, self.host, port, data
+            PROVIDER_NAME,
+            labels[LABEL_REPLICA],
+            labels,
+            self.host,
+            port,
+            data,
+            self.log_source(data["container_id"], data["image"]),
         )
+
+    def log_source(self, container_id: str, image_tag: str) -> LogSource:
+        """Where the gateway reads a replica's log (the engine's API) and the build log of
+        its image (`<builds_dir>/<image key>.log`, the key being the tag's; the file is
+        missing when the image was on the engine before this project needed it)."""
+        key = image_tag.rsplit(":", 1)[-1] if image_tag else ""
+        build = BuildLog(file=str(self.builds_dir / f"{key}.log")) if key else None
+        return LogSource(engine=self.engine.api_url, container=container_id, build=build)
 
     def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
         """The container's last `tail` log lines (the kept log once it was removed)."""

@@ -40,6 +40,14 @@ class Engine:
         return self.configured or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
 
     @property
+    def api_url(self) -> str:
+        """The engine's URL as a plain HTTP client must reach it: `url`, except that a TCP
+        engine the environment reaches over TLS (DOCKER_TLS_VERIFY) is `https://`."""
+        url = self.url
+        tls = self.configured is None and bool(os.environ.get("DOCKER_TLS_VERIFY"))
+        return "https://" + url.removeprefix("tcp://") if tls and url.startswith("tcp://") else url
+
+    @property
     def is_local(self) -> bool:
         """True when the engine sees this machine's folders (a unix socket here)."""
         return self.url.startswith("unix://")

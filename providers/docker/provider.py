@@ -8,7 +8,9 @@ artifacts are mounted read-only at /model, or copied in for an engine on another
 the container's log is kept in `state_dir/docker/logs/<id>.log` (with a sidecar:
 `stopped_logs` lists them by endpoint), and the container is removed. `prune_images()`
 removes the images this project's replicas used that no container on the engine uses any
-more (`declare destroy --prune-images`, from `image_record`).
+more (`declare destroy --prune-images`, from `image_record`). Each handle names where its
+log is for the gateway (the engine's URL, the container id, the image's build log:
+`declare.model.logs`), which reads it there without this provider.
 
 This module only puts those parts together behind the Provider Protocol; the engine's
 errors become ProviderErrors in one place (`errors`).
@@ -82,7 +84,7 @@ class DockerProvider:
         self._lock_path = root / ".lock"
         self.engine = Engine(self.settings.engine)
         self.containers = Containers(
-            self.engine, context.project, self.settings.host, self.logs_dir
+            self.engine, context.project, self.settings.host, self.logs_dir, self.builds_dir
         )
         self.artifacts = ModelArtifacts(root / "models")
         self.images = ImageRecord(root / "images.json", self._lock_path)

@@ -20,7 +20,9 @@ signals it.
 Stopping signals the whole process group (SIGTERM, grace, SIGKILL), removes the record and
 keeps the log, renamed to `<replica id>.stopped.log` (with a sidecar saying whose it is:
 `stopped_logs` lists them by endpoint). `log_size` / `log_since` read a running replica's
-log on as it grows (`declare logs --follow`).
+log on as it grows (`declare logs --follow`). Each handle names its log file, and says
+that nothing was built, for the gateway (`declare.model.logs`), which reads them without
+this provider.
 
 What it does not do: readiness (the core probes `/invocations`), GPUs (`workload_type` other
 than CPU is refused: GPU workloads need the docker or gpu-hosts provider), building model

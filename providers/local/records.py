@@ -24,7 +24,7 @@ from typing import Any
 
 from declare import procs
 from declare.errors import ProviderError
-from declare.model import ReplicaHandle
+from declare.model import BuildLog, LogSource, ReplicaHandle
 from providers._shared import (
     StoppedRecord,
     exclusive,
@@ -38,6 +38,11 @@ __all__ = ["PROVIDER_NAME", "RECORD_FORMAT", "ReplicaRecord", "ReplicaRecords"]
 PROVIDER_NAME = "local"
 RECORD_FORMAT = 1
 _REQUIRED = ("id", "labels", "process", "host", "port", "log", "model")
+# What the gateway answers for a served entity's build log (`declare.model.logs`).
+NOTHING_BUILT = (
+    "nothing was built for this served model: the local provider runs models in declare's "
+    "own Python environment (--env-manager local)"
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class ReplicaRecord:
         return self.labels.get("declare.project")
 
     def handle(self) -> ReplicaHandle:
-        """The replica's handle: its URL, and its process identity, port, log and labels."""
+        """The replica's handle: its URL, and its process identity, port, log and labels;
+        its log source is the log file (the gateway reads it there)."""
         return handle_from_labels(
             PROVIDER_NAME,
             self.id,
@@ -108,6 +114,7 @@ class ReplicaRecord:
                 "labels": dict(self.labels),
                 "model_uri": self.pinned_uri,
             },
+            LogSource(file=self.log, build=BuildLog(text=NOTHING_BUILT)),
         )
 
 

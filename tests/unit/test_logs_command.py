@@ -169,7 +169,7 @@ class _Container:
 
 
 def test_the_docker_provider_keeps_a_removed_containers_log_by_endpoint(tmp_path: Path) -> None:
-    containers = Containers(None, "proj", "127.0.0.1", tmp_path / "logs")
+    containers = Containers(None, "proj", "127.0.0.1", tmp_path / "logs", tmp_path / "builds")
     handle = _handle("iris-iris-1-aaaaaa", "iris", "iris-1", tmp_path / "unused.log")
     containers._save_log(handle, _Container())
     (kept,) = containers.stopped_logs("iris", "iris-1", tail=1)

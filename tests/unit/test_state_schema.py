@@ -22,9 +22,11 @@ from declare.model import (
     WORKLOAD_SIZES,
     WORKLOAD_TYPES,
     AutoscalePolicy,
+    BuildLog,
     EndpointSpec,
     EntitySpec,
     Guards,
+    LogSource,
     RateLimit,
     ReplicaHandle,
     ResolvedModel,
@@ -267,8 +269,9 @@ def _full_state() -> State:
         ai_gateway_rate_limits=(RateLimit(10, "user", "hour"),),
         extra={"description": "d"},
     )
+    logs = LogSource("/l.log", "unix:///e.sock", "c1", BuildLog("/b.log", "nothing built"))
     handle = ReplicaHandle(
-        "iris-iris-2-abc", "local", "iris", "iris-2", "g1", "http://h:1", {"pid": 1}
+        "iris-iris-2-abc", "local", "iris", "iris-2", "g1", "http://h:1", {"pid": 1}, logs
     )
     record = EndpointRecord(
         name="iris",
@@ -349,3 +352,13 @@ def test_no_state_yet_is_an_empty_state_and_odd_keys_are_quoted() -> None:
     with pytest.raises(StateDocumentError) as err:
         load_state(doc, "s.json")
     assert 's.json: endpoints["a.b"].provider: expected a string, found 1' in str(err.value)
+
+
+def test_a_replicas_log_source_of_the_wrong_type_is_located() -> None:
+    doc = _full_state().to_json()
+    doc["endpoints"]["iris"]["replicas"][0]["handle"]["logs"]["file"] = 7
+    with pytest.raises(StateDocumentError) as raised:
+        check_document(doc, "s.json")
+    assert "s.json: endpoints.iris.replicas[0].handle.logs.file: expected a string" in str(
+        raised.value
+    )
