@@ -8,6 +8,9 @@ connection, and logs one line without a traceback: a client's bad bytes are not 
 fault. A 500 (an exception that escaped the middleware, which should not happen) is JSON too
 and keeps its traceback in the log.
 
+A request body that does not decode (a bad gzip) and that no handler read, drained by aiohttp
+after the answer, is logged as one line too (`log_exception`).
+
 `GatewayProtocol` also closes a connection whose first request head has not fully arrived
 within `header_timeout` seconds (a client that opens sockets and trickles or sends nothing
 holds none for long). The head of a later request on a kept-alive connection is bounded by
@@ -28,6 +31,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -80,6 +84,16 @@ class GatewayProtocol(RequestHandler):
         self._head_timer = None
         log.debug("closed a connection whose request head took over %g s", self._header_timeout)
         self.force_close()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """One line, no traceback, for a request body that does not decode and that no
+        handler read (aiohttp drains it after the answer went out: the client got its
+        answer, the bad bytes are the client's); anything else as aiohttp logs it."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            log.info("discarded an unread request body that does not decode: %s", exc)
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,
