@@ -152,11 +152,25 @@ HEADERS = st.fixed_dictionaries(
 )
 
 
+def _complete(data: bytes) -> bool:
+    """A whole answer: its head and as many body bytes as its Content-Length says."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return False
+
+
 def _send(port: int, raw: bytes) -> bytes:
+    """The answer to `raw`, read until it is whole or the gateway closes (an answer to a
+    body short of its length may come while aiohttp still lingers for the rest)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(raw)
         data = b""
-        while True:
+        while not _complete(data):
             try:
                 chunk = sock.recv(65536)
             except (ConnectionResetError, TimeoutError):
