@@ -22,10 +22,16 @@ keeps the log, renamed to `<replica id>.stopped.log` (with a sidecar saying whos
 `stopped_logs` lists them by endpoint). `log_size` / `log_since` read a running replica's
 log on as it grows (`declare logs --follow`).
 
+Model environments (`providers.local.environments`): `shared` (the default) runs every
+replica in declare's own interpreter (`--env-manager local`: the model must load there);
+`per_model` gives each model environment its own virtualenv, built by `build` and shown in
+the plan as a build (`providers.local.envs`), checked at plan time (`build_info` names what
+a model requires that this host cannot give), and replicas start by `exec` in it.
+
 What it does not do: readiness (the core probes `/invocations`), GPUs (`workload_type` other
-than CPU is refused: GPU workloads need the docker or gpu-hosts provider), building model
-environments (`--env-manager local`: the model must load in declare's own interpreter), and
-restarting dead replicas (that is drift, seen by `status`, repaired by the next apply).
+than CPU is refused: GPU workloads need the docker or gpu-hosts provider), removing model
+environments, and restarting dead replicas (that is drift, seen by `status`, repaired by
+the next apply).
 Linux only (/proc). Settings: `providers.local.settings`.
 """
 
@@ -35,6 +41,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +57,7 @@ from providers._shared import (
     pick_port,
     where_of,
 )
+from providers.local import envs
 from providers.local.forkclient import ForkServerClient
 from providers.local.launch import Launch, model_source
 from providers.local.records import PROVIDER_NAME, ReplicaRecord, ReplicaRecords
@@ -76,6 +84,10 @@ class LocalProvider:
         self.records_dir = self.records.records_dir
         self.logs_dir = self.records.logs_dir
         self.forkserver = ForkServerClient(context.state_dir / PROVIDER_NAME)
+        self.envs_dir = context.state_dir / PROVIDER_NAME / "envs"
+        self._envs: dict[str, envs.EnvPlan] = {}
+        self._checked: set[str] = set()
+        self._envs_lock = threading.Lock()
 
     # -- checks and builds ------------------------------------------------------------------
 
@@ -96,6 +108,11 @@ class LocalProvider:
                 f"a 'uvicorn' command on PATH or beside {sys.executable} "
                 "(MLflow's scoring server runs it by name)"
             )
+        if self.settings.environments == "per_model" and envs.find_uv() is None:
+            missing.append(
+                "uv (the Python package `uv` or a `uv` on PATH), which builds the model "
+                "environments of providers.local.environments: per_model"
+            )
         if missing:
             raise ProviderError("local provider cannot run replicas: missing " + "; ".join(missing))
 
@@ -105,13 +122,50 @@ class LocalProvider:
             return [("batching", _BATCHING_NEEDS_DECLARE)]
         return []
 
+    def env_plan(self, model: ResolvedModel) -> envs.EnvPlan:
+        """The model environment of `model` (per model source, for this provider's life)."""
+        cache_key = f"{model.source}|{model.pinned_uri}|{model.env_hash}"
+        with self._envs_lock:
+            known = self._envs.get(cache_key)
+        if known is None:
+            known = envs.env_plan(model, self.envs_dir)
+            with self._envs_lock:
+                self._envs[cache_key] = known
+        return known
+
     def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
-        """The local provider serves from declare's own interpreter: nothing to build."""
-        return BuildInfo(key=model.env_hash, needed=False, cached=True)
+        """`shared`: nothing to build (declare's own interpreter). `per_model`: the model's
+        environment; one not built yet is checked now, before any change (ProviderError
+        naming the model and what this host cannot give it)."""
+        if self.settings.environments == "shared":
+            return BuildInfo(key=model.env_hash, needed=False, cached=True)
+        plan = self.env_plan(model)
+        cached = plan.built
+        if not cached and plan.key not in self._checked:
+            envs.problems(plan, model, envs.find_uv())
+            self._checked.add(plan.key)
+        return BuildInfo(
+            key=plan.key,
+            needed=True,
+            cached=cached,
+            ref=f"environment {plan.key}",
+            kind="environment",
+        )
 
     def build(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
-        """Nothing to build: the same answer as `build_info`."""
-        return self.build_info(model, workload_type)
+        """`per_model`: build the model's environment unless it is built (its log is kept
+        beside it); `shared`: nothing, the same answer as `build_info`."""
+        if self.settings.environments == "shared":
+            return self.build_info(model, workload_type)
+        plan = self.env_plan(model)
+        envs.build_env(plan, envs.find_uv())
+        return BuildInfo(
+            key=plan.key,
+            needed=True,
+            cached=True,
+            ref=f"environment {plan.key}",
+            kind="environment",
+        )
 
     # -- replicas ---------------------------------------------------------------------------
 
@@ -122,6 +176,18 @@ class LocalProvider:
             raise ProviderError(f"{where}: {_BATCHING_NEEDS_DECLARE}")
         source = model_source(spec, where)
         host = self.settings.host
+        python = None
+        launcher = self.settings.launcher
+        if self.settings.environments == "per_model":
+            plan = self.env_plan(spec.model)
+            if not plan.built:
+                raise ProviderError(
+                    f"{where}: the model environment {plan.key} of {spec.model.describe()} "
+                    f"is not built in {self.envs_dir} (removed since the plan was made?); "
+                    "run `declare apply` again to build it"
+                )
+            # The fork server holds declare's own environment: a model's starts by exec.
+            python, launcher = plan.python_bin, "exec"
         with self.records.locked():
             records = self.records.read()
             replica_id = new_replica_id(spec, {r.id for r in records})
@@ -137,6 +203,7 @@ class LocalProvider:
                 log_path,
                 self.settings.pass_env,
                 self.settings.server,
+                python,
             )
             written: list[ReplicaRecord] = []
 
@@ -161,7 +228,7 @@ class LocalProvider:
 
             # Recorded once the process exists, before a fork server lets go of a child.
             launch.start_by(
-                self.settings.launcher,
+                launcher,
                 self.forkserver,
                 self.context.project_dir,
                 where,
