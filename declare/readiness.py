@@ -119,9 +119,10 @@ def _answer(body: str) -> str:
         data = json.loads(body)
     except ValueError:
         return body[:500]
-    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+    message = data.get("message") if isinstance(data, dict) else None
+    if not isinstance(message, str):
         return body[:500]
-    out = data["message"][:500]
+    out = message[:500]
     trace = data.get("stack_trace")
     if isinstance(trace, str):
         out += "".join(f" ({c})" for c in causes(trace, 1) if c not in out)
