@@ -17,6 +17,9 @@ that holds `declare/__init__.py` (empty) and `declare/serve` (a link to declare'
 nothing else of declare or of its virtualenv. Every step's output goes to
 `state_dir/local/envs/<key>.log`; `.complete` in the folder says the build finished.
 
+`ModelEnvironments` is what the provider uses: the plans of one state folder's
+environments, their builds for the plan, and a built one's interpreter.
+
 `problems` is the plan-time check of an environment not built yet: its Python is on the
 host, and its requirements resolve to wheels for it (`uv pip compile`), else a ProviderError
 naming the model and the requirement.
@@ -34,6 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ from typing import TextIO
 import declare
 from declare.errors import ProviderError
 from declare.model import ResolvedModel
+from declare.provider import BuildInfo
 from providers._shared import exclusive
 from providers.docker.build import tail
 from providers.docker.image import (
@@ -52,7 +57,15 @@ from providers.docker.image import (
     requirements_for,
 )
 
-__all__ = ["ENV_FORMAT", "EnvPlan", "build_env", "env_plan", "find_uv", "problems"]
+__all__ = [
+    "ENV_FORMAT",
+    "EnvPlan",
+    "ModelEnvironments",
+    "build_env",
+    "env_plan",
+    "find_uv",
+    "problems",
+]
 
 ENV_FORMAT = 1  # bump when the environment's layout changes: every key changes with it
 # declare.serve's own needs beyond MLflow's scoring server (which requirements_for adds).
@@ -306,3 +319,56 @@ def build_env(plan: EnvPlan, uv: str | None) -> float:
                     + "\n".join(f"    {line}" for line in tail(plan.log_path, 30).splitlines())
                 ) from None
     return seconds
+
+
+class ModelEnvironments:
+    """The model environments of one state folder, as the local provider uses them."""
+
+    def __init__(self, envs_dir: Path) -> None:
+        self.envs_dir = envs_dir
+        self._plans: dict[str, EnvPlan] = {}
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    def plan(self, model: ResolvedModel) -> EnvPlan:
+        """The environment of `model` (read once per model source, for this object's life)."""
+        cache_key = f"{model.source}|{model.pinned_uri}|{model.env_hash}"
+        with self._lock:
+            known = self._plans.get(cache_key)
+        if known is None:
+            known = env_plan(model, self.envs_dir)
+            with self._lock:
+                self._plans[cache_key] = known
+        return known
+
+    def build_info(self, model: ResolvedModel) -> BuildInfo:
+        """The plan's build; an environment not built yet is checked first (`problems`:
+        ProviderError naming the model and what this host cannot give it)."""
+        plan = self.plan(model)
+        cached = plan.built
+        if not cached and plan.key not in self._checked:
+            problems(plan, model, find_uv())
+            self._checked.add(plan.key)
+        return self._info(plan, cached)
+
+    def build(self, model: ResolvedModel) -> BuildInfo:
+        """Build the environment of `model` unless it is built."""
+        plan = self.plan(model)
+        build_env(plan, find_uv())
+        return self._info(plan, True)
+
+    def interpreter(self, model: ResolvedModel, where: str) -> Path:
+        """The Python of `model`'s built environment; ProviderError when it is not built."""
+        plan = self.plan(model)
+        if not plan.built:
+            raise ProviderError(
+                f"{where}: the model environment {plan.key} of {model.describe()} is not "
+                f"built in {self.envs_dir} (removed since the plan was made?); run "
+                "`declare apply` again to build it"
+            )
+        return plan.python_bin
+
+    @staticmethod
+    def _info(plan: EnvPlan, cached: bool) -> BuildInfo:
+        ref = f"environment {plan.key}"
+        return BuildInfo(key=plan.key, needed=True, cached=cached, ref=ref, kind="environment")

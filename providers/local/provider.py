@@ -41,7 +41,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +70,29 @@ _BATCHING_NEEDS_DECLARE = (
 )
 
 
+def _missing(settings: LocalSettings) -> list[str]:
+    """What the local provider needs with `settings` and this host lacks."""
+    missing: list[str] = []
+    if not Path("/proc/self/stat").exists():
+        missing.append("/proc (the local provider runs on Linux only)")
+    needed = ("mlflow", "httptools") if settings.server == "declare" else ("mlflow", "uvicorn")
+    for module in needed:
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"the Python package {module!r} in {sys.executable}")
+    path = procs.venv_path_env(os.environ)["PATH"]
+    if settings.server == "mlflow" and shutil.which("uvicorn", path=path) is None:
+        missing.append(
+            f"a 'uvicorn' command on PATH or beside {sys.executable} "
+            "(MLflow's scoring server runs it by name)"
+        )
+    if settings.environments == "per_model" and envs.find_uv() is None:
+        missing.append(
+            "uv (the Python package `uv` or a `uv` on PATH), which builds the model "
+            "environments of providers.local.environments: per_model"
+        )
+    return missing
+
+
 class LocalProvider:
     """Replicas as detached scoring-server processes on loopback (see module doc)."""
 
@@ -84,35 +106,15 @@ class LocalProvider:
         self.records_dir = self.records.records_dir
         self.logs_dir = self.records.logs_dir
         self.forkserver = ForkServerClient(context.state_dir / PROVIDER_NAME)
-        self.envs_dir = context.state_dir / PROVIDER_NAME / "envs"
-        self._envs: dict[str, envs.EnvPlan] = {}
-        self._checked: set[str] = set()
-        self._envs_lock = threading.Lock()
+        per_model = self.settings.environments == "per_model"
+        envs_dir = context.state_dir / PROVIDER_NAME / "envs"
+        self.environments = envs.ModelEnvironments(envs_dir) if per_model else None
 
     # -- checks and builds ------------------------------------------------------------------
 
     def check(self) -> None:
         """Raise ProviderError naming what is missing: /proc, mlflow, the server's packages."""
-        missing: list[str] = []
-        if not Path("/proc/self/stat").exists():
-            missing.append("/proc (the local provider runs on Linux only)")
-        needed = (
-            ("mlflow", "httptools") if self.settings.server == "declare" else ("mlflow", "uvicorn")
-        )
-        for module in needed:
-            if importlib.util.find_spec(module) is None:
-                missing.append(f"the Python package {module!r} in {sys.executable}")
-        path = procs.venv_path_env(os.environ)["PATH"]
-        if self.settings.server == "mlflow" and shutil.which("uvicorn", path=path) is None:
-            missing.append(
-                f"a 'uvicorn' command on PATH or beside {sys.executable} "
-                "(MLflow's scoring server runs it by name)"
-            )
-        if self.settings.environments == "per_model" and envs.find_uv() is None:
-            missing.append(
-                "uv (the Python package `uv` or a `uv` on PATH), which builds the model "
-                "environments of providers.local.environments: per_model"
-            )
+        missing = _missing(self.settings)
         if missing:
             raise ProviderError("local provider cannot run replicas: missing " + "; ".join(missing))
 
@@ -122,50 +124,19 @@ class LocalProvider:
             return [("batching", _BATCHING_NEEDS_DECLARE)]
         return []
 
-    def env_plan(self, model: ResolvedModel) -> envs.EnvPlan:
-        """The model environment of `model` (per model source, for this provider's life)."""
-        cache_key = f"{model.source}|{model.pinned_uri}|{model.env_hash}"
-        with self._envs_lock:
-            known = self._envs.get(cache_key)
-        if known is None:
-            known = envs.env_plan(model, self.envs_dir)
-            with self._envs_lock:
-                self._envs[cache_key] = known
-        return known
-
     def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
         """`shared`: nothing to build (declare's own interpreter). `per_model`: the model's
-        environment; one not built yet is checked now, before any change (ProviderError
-        naming the model and what this host cannot give it)."""
-        if self.settings.environments == "shared":
+        environment, checked now when not built yet (`envs.ModelEnvironments`)."""
+        if self.environments is None:
             return BuildInfo(key=model.env_hash, needed=False, cached=True)
-        plan = self.env_plan(model)
-        cached = plan.built
-        if not cached and plan.key not in self._checked:
-            envs.problems(plan, model, envs.find_uv())
-            self._checked.add(plan.key)
-        return BuildInfo(
-            key=plan.key,
-            needed=True,
-            cached=cached,
-            ref=f"environment {plan.key}",
-            kind="environment",
-        )
+        return self.environments.build_info(model)
 
     def build(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
-        """`per_model`: build the model's environment unless it is built (its log is kept
-        beside it); `shared`: nothing, the same answer as `build_info`."""
-        if self.settings.environments == "shared":
+        """`per_model`: build the model's environment unless it is built; `shared`:
+        nothing, the same answer as `build_info`."""
+        if self.environments is None:
             return self.build_info(model, workload_type)
-        plan = self.env_plan(model)
-        envs.build_env(plan, envs.find_uv())
-        return BuildInfo(
-            key=plan.key,
-            needed=True,
-            cached=True,
-            ref=f"environment {plan.key}",
-            kind="environment",
-        )
+        return self.environments.build(model)
 
     # -- replicas ---------------------------------------------------------------------------
 
@@ -176,18 +147,10 @@ class LocalProvider:
             raise ProviderError(f"{where}: {_BATCHING_NEEDS_DECLARE}")
         source = model_source(spec, where)
         host = self.settings.host
-        python = None
-        launcher = self.settings.launcher
-        if self.settings.environments == "per_model":
-            plan = self.env_plan(spec.model)
-            if not plan.built:
-                raise ProviderError(
-                    f"{where}: the model environment {plan.key} of {spec.model.describe()} "
-                    f"is not built in {self.envs_dir} (removed since the plan was made?); "
-                    "run `declare apply` again to build it"
-                )
+        python, launcher = None, self.settings.launcher
+        if self.environments is not None:
             # The fork server holds declare's own environment: a model's starts by exec.
-            python, launcher = plan.python_bin, "exec"
+            python, launcher = self.environments.interpreter(spec.model, where), "exec"
         with self.records.locked():
             records = self.records.read()
             replica_id = new_replica_id(spec, {r.id for r in records})
@@ -261,10 +224,7 @@ class LocalProvider:
 
     def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
         """The last `tail` lines of the replica's log (also after it was stopped)."""
-        log_path = self.records.log_of(handle)
-        if not log_path.exists():
-            log_path = self.records.stopped_log_of(handle)
-        return procs.log_tail(log_path, tail)
+        return procs.log_tail(self._live_log(handle), tail)
 
     def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
         """`declare.provider.StoppedLogs`: the kept logs of this project's stopped replicas

@@ -75,7 +75,8 @@ def test_shared_needs_no_build_and_per_model_plans_one(tmp_path: Path) -> None:
 
     assert not provider({}).build_info(model, "CPU").needed
     per_model = provider({"environments": "per_model"})
-    plan = per_model.env_plan(model)
+    assert per_model.environments is not None
+    plan = per_model.environments.plan(model)
     # A built environment is cached: no uv is asked anything.
     plan.python_bin.parent.mkdir(parents=True)
     plan.python_bin.write_text("")
