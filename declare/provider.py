@@ -42,6 +42,7 @@ class BuildInfo:
     needed: bool  # False: this provider serves without a build step (local)
     cached: bool  # True: already built, the build action does nothing
     ref: str = ""  # e.g. an image tag
+    kind: str = "image"  # what is built, as the plan names it: image, environment
 
 
 @dataclass(frozen=True)

@@ -298,14 +298,17 @@ def _label_rebuilds(change: EndpointChange, builds: Mapping[str, str]) -> Endpoi
 
 
 def _build_note(info: BuildInfo | None) -> str:
-    """How a start-replica line names its build: '; image REF (cached)' when one exists.
+    """How a start-replica line names its build: '; image REF (cached)' when one exists
+    ('; environment KEY (cached)' for a provider's virtualenv).
 
     A needed build that is not cached has its own `build` action ("... (not cached)"), so
     the plan says for each build whether it is cached.
     """
     if info is None or not info.needed:
         return ""
-    return f"; image {info.ref or info.key}" + (" (cached)" if info.cached else "")
+    what = info.ref or info.key
+    named = what if what.startswith(f"{info.kind} ") else f"{info.kind} {what}"
+    return f"; {named}" + (" (cached)" if info.cached else "")
 
 
 # 3. replicas ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "flavor_requirements",
     "image_plan",
     "model_files",
+    "model_python",
     "requirements_for",
 ]
 
@@ -101,7 +102,7 @@ def model_files(model: ResolvedModel, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _model_python(files: dict[str, str]) -> str | None:
+def model_python(files: dict[str, str]) -> str | None:
     """major.minor of the Python the model was logged with (python_env.yaml, MLmodel)."""
     for name, path in (("python_env.yaml", ("python",)), ("MLmodel", ("flavors",))):
         if name not in files:
@@ -197,7 +198,7 @@ def image_plan(
     files = model_files(model, ("requirements.txt", "python_env.yaml", "MLmodel"))
     if "MLmodel" not in files:
         raise ProviderError(f"model {model.describe()}: no MLmodel file at {model.source}")
-    wanted = _model_python(files)
+    wanted = model_python(files)
     if wanted is not None and wanted != python_version:
         raise ProviderError(
             f"model {model.describe()} was logged with Python {wanted}, and the base image "

@@ -8,7 +8,8 @@ serve -m <model> -h HOST -p PORT --env-manager local -w WORKERS` (the MLflow lau
 
 Two launchers (`providers.local.launcher` in declare.yaml):
 
-- `exec`: that command, started with the interpreter declare runs under, detached in its own
+- `exec`: that command, started with the interpreter declare runs under (the model
+  environment's with `providers.local.environments: per_model`), detached in its own
   session (its process group holds every process of the replica), with output appended to
   its log.
 - `fork` (the default): the same server, forked by the state folder's fork server
@@ -77,6 +78,12 @@ class Launch:
     log_path: Path
     pass_env: tuple[str, ...] = ()  # providers.local.pass_env
     server: str = "declare"  # providers.local.server
+    # The model environment's interpreter (providers.local.envs); None: declare's own.
+    python: Path | None = None
+
+    @property
+    def interpreter(self) -> str:
+        return str(self.python) if self.python is not None else sys.executable
 
     def server_args(self) -> list[str]:
         """declare.serve's options beyond model, host, port and workers (batching)."""
@@ -91,7 +98,7 @@ class Launch:
     def argv(self) -> list[str]:
         if self.server == "declare":
             return [
-                sys.executable, "-m", "declare.serve",
+                self.interpreter, "-m", "declare.serve",
                 "--model", self.source,
                 "--host", self.host,
                 "--port", str(self.port),
@@ -99,7 +106,7 @@ class Launch:
                 *self.server_args(),
             ]  # fmt: skip
         return [
-            sys.executable, "-m", "mlflow", "models", "serve",
+            self.interpreter, "-m", "mlflow", "models", "serve",
             "-m", self.source,
             "-h", self.host,
             "-p", str(self.port),
@@ -128,7 +135,16 @@ class Launch:
         no gateway token, no state DSN), then this replica's own variables (its secrets
         come in environment_vars)."""
         allowed = replica_environment(os.environ, self.pass_env)
-        return procs.venv_path_env({**allowed, **self._own_env()})
+        if self.python is None:
+            return procs.venv_path_env({**allowed, **self._own_env()})
+        # In its model environment: that virtualenv's bin first on PATH (MLflow's launcher
+        # runs `uvicorn` by name), and nothing of declare's own Python path.
+        allowed.pop("PYTHONPATH", None)
+        bindir = str(self.python.parent)
+        parts = [p for p in allowed.get("PATH", os.defpath).split(os.pathsep) if p != bindir]
+        allowed["PATH"] = os.pathsep.join([bindir, *parts])
+        allowed["VIRTUAL_ENV"] = str(self.python.parent.parent)
+        return {**allowed, **self._own_env()}
 
     def start(self, project_dir: Path, where: str) -> procs.ProcessId:
         """Start it detached (in `project_dir` when it exists); ProviderError if it cannot."""
@@ -136,7 +152,7 @@ class Launch:
         try:
             return procs.start_detached(self.argv(), self.log_path, self.env(), cwd=cwd)
         except OSError as exc:
-            raise ProviderError(f"{where}: cannot start {sys.executable}: {exc}") from exc
+            raise ProviderError(f"{where}: cannot start {self.interpreter}: {exc}") from exc
 
     def fork_message(self, project_dir: Path) -> dict[str, Any]:
         """The fork server's request for this replica (providers.local.forkproto)."""

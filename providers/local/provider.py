@@ -24,10 +24,16 @@ log on as it grows (`declare logs --follow`). Each handle names its log file, an
 that nothing was built, for the gateway (`declare.model.logs`), which reads them without
 this provider.
 
+Model environments (`providers.local.environments`): `shared` (the default) runs every
+replica in declare's own interpreter (`--env-manager local`: the model must load there);
+`per_model` gives each model environment its own virtualenv, built by `build` and shown in
+the plan as a build (`providers.local.envs`), checked at plan time (`build_info` names what
+a model requires that this host cannot give), and replicas start by `exec` in it.
+
 What it does not do: readiness (the core probes `/invocations`), GPUs (`workload_type` other
-than CPU is refused: GPU workloads need the docker or gpu-hosts provider), building model
-environments (`--env-manager local`: the model must load in declare's own interpreter), and
-restarting dead replicas (that is drift, seen by `status`, repaired by the next apply).
+than CPU is refused: GPU workloads need the docker or gpu-hosts provider), removing model
+environments, and restarting dead replicas (that is drift, seen by `status`, repaired by
+the next apply).
 Linux only (/proc). Settings: `providers.local.settings`.
 """
 
@@ -52,6 +58,7 @@ from providers._shared import (
     pick_port,
     where_of,
 )
+from providers.local import envs
 from providers.local.forkclient import ForkServerClient
 from providers.local.launch import Launch, model_source
 from providers.local.records import PROVIDER_NAME, ReplicaRecord, ReplicaRecords
@@ -63,6 +70,29 @@ _BATCHING_NEEDS_DECLARE = (
     "batching needs declare's replica server, and providers.local.server is mlflow in "
     "declare.yaml: set it to declare (the default) or remove `batching`"
 )
+
+
+def _missing(settings: LocalSettings) -> list[str]:
+    """What the local provider needs with `settings` and this host lacks."""
+    missing: list[str] = []
+    if not Path("/proc/self/stat").exists():
+        missing.append("/proc (the local provider runs on Linux only)")
+    needed = ("mlflow", "httptools") if settings.server == "declare" else ("mlflow", "uvicorn")
+    for module in needed:
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"the Python package {module!r} in {sys.executable}")
+    path = procs.venv_path_env(os.environ)["PATH"]
+    if settings.server == "mlflow" and shutil.which("uvicorn", path=path) is None:
+        missing.append(
+            f"a 'uvicorn' command on PATH or beside {sys.executable} "
+            "(MLflow's scoring server runs it by name)"
+        )
+    if settings.environments == "per_model" and envs.find_uv() is None:
+        missing.append(
+            "uv (the Python package `uv` or a `uv` on PATH), which builds the model "
+            "environments of providers.local.environments: per_model"
+        )
+    return missing
 
 
 class LocalProvider:
@@ -78,26 +108,15 @@ class LocalProvider:
         self.records_dir = self.records.records_dir
         self.logs_dir = self.records.logs_dir
         self.forkserver = ForkServerClient(context.state_dir / PROVIDER_NAME)
+        per_model = self.settings.environments == "per_model"
+        envs_dir = context.state_dir / PROVIDER_NAME / "envs"
+        self.environments = envs.ModelEnvironments(envs_dir) if per_model else None
 
     # -- checks and builds ------------------------------------------------------------------
 
     def check(self) -> None:
         """Raise ProviderError naming what is missing: /proc, mlflow, the server's packages."""
-        missing: list[str] = []
-        if not Path("/proc/self/stat").exists():
-            missing.append("/proc (the local provider runs on Linux only)")
-        needed = (
-            ("mlflow", "httptools") if self.settings.server == "declare" else ("mlflow", "uvicorn")
-        )
-        for module in needed:
-            if importlib.util.find_spec(module) is None:
-                missing.append(f"the Python package {module!r} in {sys.executable}")
-        path = procs.venv_path_env(os.environ)["PATH"]
-        if self.settings.server == "mlflow" and shutil.which("uvicorn", path=path) is None:
-            missing.append(
-                f"a 'uvicorn' command on PATH or beside {sys.executable} "
-                "(MLflow's scoring server runs it by name)"
-            )
+        missing = _missing(self.settings)
         if missing:
             raise ProviderError("local provider cannot run replicas: missing " + "; ".join(missing))
 
@@ -108,12 +127,18 @@ class LocalProvider:
         return []
 
     def build_info(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
-        """The local provider serves from declare's own interpreter: nothing to build."""
-        return BuildInfo(key=model.env_hash, needed=False, cached=True)
+        """`shared`: nothing to build (declare's own interpreter). `per_model`: the model's
+        environment, checked now when not built yet (`envs.ModelEnvironments`)."""
+        if self.environments is None:
+            return BuildInfo(key=model.env_hash, needed=False, cached=True)
+        return self.environments.build_info(model)
 
     def build(self, model: ResolvedModel, workload_type: str) -> BuildInfo:
-        """Nothing to build: the same answer as `build_info`."""
-        return self.build_info(model, workload_type)
+        """`per_model`: build the model's environment unless it is built; `shared`:
+        nothing, the same answer as `build_info`."""
+        if self.environments is None:
+            return self.build_info(model, workload_type)
+        return self.environments.build(model)
 
     # -- replicas ---------------------------------------------------------------------------
 
@@ -124,6 +149,10 @@ class LocalProvider:
             raise ProviderError(f"{where}: {_BATCHING_NEEDS_DECLARE}")
         source = model_source(spec, where)
         host = self.settings.host
+        python, launcher = None, self.settings.launcher
+        if self.environments is not None:
+            # The fork server holds declare's own environment: a model's starts by exec.
+            python, launcher = self.environments.interpreter(spec.model, where), "exec"
         with self.records.locked():
             records = self.records.read()
             replica_id = new_replica_id(spec, {r.id for r in records})
@@ -139,6 +168,7 @@ class LocalProvider:
                 log_path,
                 self.settings.pass_env,
                 self.settings.server,
+                python,
             )
             written: list[ReplicaRecord] = []
 
@@ -163,7 +193,7 @@ class LocalProvider:
 
             # Recorded once the process exists, before a fork server lets go of a child.
             launch.start_by(
-                self.settings.launcher,
+                launcher,
                 self.forkserver,
                 self.context.project_dir,
                 where,
@@ -196,10 +226,7 @@ class LocalProvider:
 
     def logs(self, handle: ReplicaHandle, tail: int = 50) -> str:
         """The last `tail` lines of the replica's log (also after it was stopped)."""
-        log_path = self.records.log_of(handle)
-        if not log_path.exists():
-            log_path = self.records.stopped_log_of(handle)
-        return procs.log_tail(log_path, tail)
+        return procs.log_tail(self._live_log(handle), tail)
 
     def stopped_logs(self, endpoint: str, entity: str | None, tail: int) -> list[StoppedLog]:
         """`declare.provider.StoppedLogs`: the kept logs of this project's stopped replicas

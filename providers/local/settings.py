@@ -18,6 +18,13 @@ a `ConfigError` that names the field.
     replica_concurrency: concurrent requests one replica serves (default 4: one MLflow
              scoring-server worker, as Databricks counts 4 units of concurrency a replica);
              a served entity's concurrency range becomes a replica range by it.
+    environments: the Python environment replicas run in (default shared): `shared` runs
+             every model in declare's own virtualenv (a model needing a package it lacks
+             fails at readiness); `per_model` gives each model environment its own
+             virtualenv (`providers.local.envs`: what the model's MLflow artifacts require,
+             built with uv, cached under state_dir/local/envs and shared by every entity
+             that needs the same; the plan shows each as a build), and replicas start by
+             `exec` in it (the fork server holds declare's environment only).
     pass_env: names (or `PREFIX*` patterns) of declare's environment that replicas get
              beyond the allow-list of declare.environment (default none); secrets
              (DECLARE_SECRET_*) never pass: a replica gets its own in environment_vars.
@@ -33,12 +40,21 @@ from typing import Any
 from declare.errors import ConfigError
 from providers._shared import loopback_host, replica_concurrency_setting
 
-__all__ = ["LAUNCHERS", "SERVERS", "LocalSettings"]
+__all__ = ["ENVIRONMENTS", "LAUNCHERS", "SERVERS", "LocalSettings"]
 
-_ALLOWED_SETTINGS = ("server", "workers", "host", "launcher", "replica_concurrency", "pass_env")
+_ALLOWED_SETTINGS = (
+    "server",
+    "workers",
+    "host",
+    "launcher",
+    "replica_concurrency",
+    "pass_env",
+    "environments",
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 LAUNCHERS = ("fork", "exec")
 SERVERS = ("declare", "mlflow")
+ENVIRONMENTS = ("shared", "per_model")
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class LocalSettings:
     launcher: str = "fork"
     replica_concurrency: int = 4
     pass_env: tuple[str, ...] = ()
+    environments: str = "shared"
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> LocalSettings:
@@ -89,7 +106,14 @@ class LocalSettings:
                 "providers.local.pass_env: must be a list of variable names (or NAME* "
                 f"patterns), got {pass_env!r}"
             )
+        environments = raw.get("environments", "shared")
+        if environments not in ENVIRONMENTS:
+            raise ConfigError(
+                "providers.local.environments: must be one of "
+                f"{', '.join(ENVIRONMENTS)}, got {environments!r}"
+            )
         return cls(
+            environments=environments,
             server=server,
             workers=workers,
             host=host,
