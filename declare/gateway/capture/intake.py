@@ -33,11 +33,16 @@ async def capture_exchange(
 ) -> None:
     """Hand this request and its answer to `buffer` (`table.capture` must be set)."""
     assert table.capture is not None
-    try:
-        async with asyncio.timeout(CAPTURE_READ_SECONDS):
-            body = await request.read()
-    except (web.HTTPException, RequestPayloadError, ConnectionError, TimeoutError):
-        body = b""  # too large, not decodable, cut off, or still arriving: captured empty
+    # The data plane read it already (aiohttp keeps it): no timer to arm, nothing to await.
+    kept = getattr(request, "_read_bytes", None)
+    if isinstance(kept, bytes):
+        body = kept
+    else:
+        try:
+            async with asyncio.timeout(CAPTURE_READ_SECONDS):
+                body = await request.read()
+        except (web.HTTPException, RequestPayloadError, ConnectionError, TimeoutError):
+            body = b""  # too large, not decodable, cut off, or still arriving: captured empty
     payload = response.body if isinstance(response.body, bytes) else b""
     model = table.models.get(entity) if entity is not None else None
     buffer.offer(
