@@ -11,7 +11,7 @@ Public (bearer auth when `auth_token` is set):
     Retry-After (see limits.py).
 No auth:
     GET  /_declare/health, GET /.well-known/databricks-config (the SDK's probe: {})
-Admin (header X-Declare-Admin-Token):
+Admin (header X-Declare-Admin-Token; from loopback peers only, else 404):
     PUT|GET /_declare/admin/table, POST /_declare/admin/drain, GET /_declare/admin/metrics,
     GET /_declare/admin/demand[?wait=S]   demand per served entity (for the runtime)
 
@@ -38,6 +38,7 @@ written. It does not parse command lines, pick an event loop or write logs anywh
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from hmac import compare_digest
@@ -67,6 +68,14 @@ def _same_secret(given: str | None, expected: str) -> bool:
     if given is None:
         return False
     return compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+
+def _from_loopback(request: web.Request) -> bool:
+    """Whether the caller is on this host's loopback: the admin API answers nobody else."""
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
 
 
 class Gateway:
@@ -166,6 +175,8 @@ class Gateway:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
+        if path.startswith("/_declare/admin/") and not _from_loopback(request):
+            return error_response(404, "RESOURCE_DOES_NOT_EXIST", f"no such path: {path}")
         if path.startswith("/_declare/"):
             if path.startswith("/_declare/admin/") and not _same_secret(
                 request.headers.get(ADMIN_HEADER), self.config.admin_token
