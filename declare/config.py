@@ -13,8 +13,9 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
     state_backend       state.backend: local (default) or postgres with state.dsn_env (the
                         name of the env var holding the DSN; never the DSN itself), schema,
                         table, workspace (default: the project name)
-    gateway_*           host (loopback only, default 127.0.0.1), port 8787, auth token env var
-                        name (none), max body 16 MiB, queue timeout 30 s, request head
+    gateway_*           host (default 127.0.0.1; beyond loopback only with the risks named
+                        in allow_insecure: plaintext, unauthenticated), port 8787, auth
+                        token env var name (none), max body 16 MiB, queue timeout 30 s, request head
                         timeout 10 s, idle (keep-alive) timeout 75 s
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
@@ -189,16 +190,33 @@ def _check(document: Document) -> list[LocatedError]:
         return [document.problem((), "declare.yaml must be a mapping of settings")]
     problems = schema_problems(document, PROJECT_SCHEMA)
     problems += _state_backend_problems(document)
-    host = _section(document.value, "gateway").get("host")
-    if isinstance(host, str) and not _is_loopback(host):
-        problems.append(
-            document.problem(
-                ("gateway", "host"),
-                f"must be a loopback address (127.0.0.1, ::1 or localhost), got {host!r}; "
-                "the gateway is not meant to face a network",
-            )
-        )
+    problems += _network_problems(document)
     return problems
+
+
+def _network_problems(document: Document) -> list[LocatedError]:
+    """A gateway beyond loopback needs TLS and authentication, or the user's explicit
+    `gateway.allow_insecure` naming each risk taken (`plaintext`, `unauthenticated`).
+    This declare serves no TLS yet, so beyond loopback `plaintext` is always needed."""
+    gateway = _section(document.value, "gateway")
+    host = gateway.get("host")
+    if not isinstance(host, str) or _is_loopback(host):
+        return []
+    allowed = gateway.get("allow_insecure", [])
+    allowed = set(allowed) if isinstance(allowed, list) else set()
+    risks = []
+    if "plaintext" not in allowed:
+        risks.append(("plaintext", "without TLS (this declare cannot serve TLS yet)"))
+    if "auth_token_env" not in gateway and "unauthenticated" not in allowed:
+        risks.append(("unauthenticated", "without authentication (no gateway.auth_token_env)"))
+    return [
+        document.problem(
+            ("gateway", "host"),
+            f"{host!r} is not a loopback address: the gateway would face a network {what}; "
+            f"add {risk!r} to gateway.allow_insecure to accept that risk",
+        )
+        for risk, what in risks
+    ]
 
 
 def _state_backend_problems(document: Document) -> list[LocatedError]:

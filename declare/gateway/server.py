@@ -15,7 +15,7 @@ Public (bearer auth when `auth_token` is set):
     Retry-After (see limits.py).
 No auth:
     GET  /_declare/health, GET /.well-known/databricks-config (the SDK's probe: {})
-Admin (header X-Declare-Admin-Token):
+Admin (header X-Declare-Admin-Token; from this host only, else 404):
     PUT|GET /_declare/admin/table, POST /_declare/admin/drain, GET /_declare/admin/metrics,
     GET /_declare/admin/demand[?wait=S]   demand per served entity (for the runtime)
 
@@ -43,6 +43,7 @@ written. It does not parse command lines, pick an event loop or write logs anywh
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from hmac import compare_digest
@@ -73,6 +74,21 @@ def _same_secret(given: str | None, expected: str) -> bool:
     if given is None:
         return False
     return compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
+
+
+def _from_this_host(request: web.Request) -> bool:
+    """Whether the caller is on this host: a loopback peer, or one whose address is the
+    address it reached (declare's own admin client calling a gateway bound to a non-loopback
+    address of this host). The admin API answers nobody else."""
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    if peer.is_loopback:
+        return True
+    return isinstance(local, tuple) and bool(local) and str(local[0]) == str(peer)
 
 
 class Gateway:
@@ -176,6 +192,8 @@ class Gateway:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
+        if path.startswith("/_declare/admin/") and not _from_this_host(request):
+            return error_response(404, "RESOURCE_DOES_NOT_EXIST", f"no such path: {path}")
         if path.startswith("/_declare/"):
             if path.startswith("/_declare/admin/") and not _same_secret(
                 request.headers.get(ADMIN_HEADER), self.config.admin_token

@@ -129,12 +129,38 @@ def test_problems_are_located_and_reported_together(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         load_config(tmp_path, {})
     assert [str(p) for p in caught.value.problems] == [
-        "declare.yaml:2: gateway.host: must be a loopback address (127.0.0.1, ::1 or localhost), "
-        "got '0.0.0.0'; the gateway is not meant to face a network",
+        "declare.yaml:2: gateway.host: '0.0.0.0' is not a loopback address: the gateway would "
+        "face a network without TLS (this declare cannot serve TLS yet); add 'plaintext' to "
+        "gateway.allow_insecure to accept that risk",
+        "declare.yaml:2: gateway.host: '0.0.0.0' is not a loopback address: the gateway would "
+        "face a network without authentication (no gateway.auth_token_env); add "
+        "'unauthenticated' to gateway.allow_insecure to accept that risk",
         "declare.yaml:3: gateway.port: must be a port number from 1 to 65535, got 70000",
         "declare.yaml:5: timeouts.ready_secs: unknown field 'ready_secs'; allowed: "
         "drain_seconds, ready_seconds (did you mean 'ready_seconds'?)",
     ]
+
+
+def test_a_network_address_needs_each_risk_named(tmp_path: Path) -> None:
+    write(tmp_path, "gateway:\n  host: 10.1.2.3\n  auth_token_env: TOKEN\n")
+    with pytest.raises(ManifestError) as caught:
+        load_config(tmp_path, {})
+    [problem] = caught.value.problems
+    assert "declare.yaml:2: gateway.host: '10.1.2.3' is not a loopback address" in str(problem)
+    assert "add 'plaintext' to gateway.allow_insecure" in str(problem)
+
+
+def test_a_network_address_with_the_risks_named_is_accepted(tmp_path: Path) -> None:
+    write(tmp_path, "gateway:\n  host: 10.1.2.3\n  allow_insecure: [plaintext, unauthenticated]\n")
+    assert load_config(tmp_path, {}).gateway_host == "10.1.2.3"
+    write(tmp_path, "gateway:\n  host: ::1\n")
+    assert load_config(tmp_path, {}).gateway_host == "::1"
+
+
+def test_allow_insecure_names_known_risks_only(tmp_path: Path) -> None:
+    write(tmp_path, "gateway:\n  allow_insecure: [everything]\n")
+    with pytest.raises(ManifestError, match=r"gateway\.allow_insecure"):
+        load_config(tmp_path, {})
 
 
 def test_yaml_syntax_error_in_declare_yaml_is_located(tmp_path: Path) -> None:
