@@ -16,7 +16,7 @@ as one `ManifestError`) and returns an immutable `ProjectConfig`:
     gateway_*           host (default 127.0.0.1; beyond loopback only with the risks named
                         in allow_insecure: plaintext, unauthenticated), port 8787, auth
                         token env var name (none), max body 16 MiB, queue timeout 30 s, request head
-                        timeout 10 s, idle (keep-alive) timeout 75 s
+                        timeout 10 s, idle (keep-alive) timeout 75 s, access_log (off)
     default_provider    local;  providers: raw per-provider settings
     ready/drain timeouts 180 s / 30 s;  manifest include/exclude globs
     capture_*           capture.root: the folder of the endpoints' inference tables (default
@@ -117,6 +117,7 @@ class ProjectConfig:
     gateway_queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
     gateway_header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     gateway_idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    gateway_access_log: bool = False  # state/gateway/access.log, one JSON line per request
     default_provider: str = DEFAULT_PROVIDER
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
@@ -329,6 +330,7 @@ def load_config(project_dir: Path, environ: Mapping[str, str]) -> ProjectConfig:
         gateway_idle_timeout_seconds=float(
             gateway.get("idle_timeout_seconds", DEFAULT_IDLE_TIMEOUT_SECONDS)
         ),
+        gateway_access_log=bool(gateway.get("access_log", False)),
         default_provider=data.get("default_provider", DEFAULT_PROVIDER),
         providers={name: dict(settings) for name, settings in providers.items()},
         ready_timeout_seconds=float(timeouts.get("ready_seconds", DEFAULT_READY_TIMEOUT_SECONDS)),

@@ -86,6 +86,7 @@ class ProcessGateway:
             idle_timeout=settings.idle_timeout_seconds,
             capture_root=settings.capture_root or self.state_dir / CAPTURE_DIR,
             capture_max_payload_bytes=settings.capture_max_payload_bytes,
+            access_log=settings.access_log,
             settings_hash=settings.hash,
             take_over=take_over,
         )

@@ -54,6 +54,7 @@ class GatewaySettings:
     # size over which a captured body is stored truncated
     capture_root: Path | None = None
     capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    access_log: bool = False  # one JSON line per request in the gateway's folder
 
     @property
     def hash(self) -> str:
@@ -73,6 +74,7 @@ class GatewaySettings:
                         else {"hold_queue": self.hold_queue}
                     ),
                     **self._timeouts_hashed(),
+                    **({"access_log": True} if self.access_log else {}),
                     # only when set, so that the hash of a gateway started before capture
                     # existed stays the same (no restart)
                     **(

@@ -135,6 +135,7 @@ class Project:
             hold_queue=DEFAULT_HOLD_QUEUE if cfg.runtime.enabled else 0,
             capture_root=cfg.capture_root,
             capture_max_payload_bytes=cfg.capture_max_payload_bytes,
+            access_log=cfg.gateway_access_log,
         )
 
     def capture_root(self) -> Path:

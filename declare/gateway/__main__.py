@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capture-flush-records", type=int, default=5_000)
     parser.add_argument("--capture-flush-seconds", type=float, default=1.0)
     parser.add_argument("--capture-max-payload-bytes", type=int, default=MAX_PAYLOAD_BYTES)
+    parser.add_argument(
+        "--access-log", type=Path, default=None, help="one JSON line per request to this file"
+    )
     parser.add_argument("--pool-size", type=int, default=1024)
     parser.add_argument("--pool-per-replica", type=int, default=256)
     parser.add_argument(
@@ -217,6 +220,7 @@ def make_config(args: argparse.Namespace) -> GatewayConfig:
         capture_max_payload_bytes=args.capture_max_payload_bytes,
         shadow_inflight=args.shadow_inflight,
         shadow_timeout=args.shadow_timeout,
+        access_log=args.access_log,
     )
 
 

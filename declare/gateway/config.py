@@ -47,6 +47,8 @@ class GatewayConfig:
     capture_flush_records: int = 5_000
     capture_flush_seconds: float = 1.0
     capture_max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    # one JSON line per request (access.py); None: no access log
+    access_log: Path | None = None
     # shadow steps (shadow.py): the most mirrored requests in flight (beyond: dropped and
     # counted) and the longest a candidate may take to answer one (then: an error)
     shadow_inflight: int = 64

@@ -41,6 +41,7 @@ RECORD_NAME = "gateway.json"
 TOKEN_NAME = "admin-token"
 TABLE_NAME = "table.json"  # the table pushed last: a gateway started again loads it
 LOG_NAME = "gateway.log"
+ACCESS_LOG_NAME = "access.log"  # one JSON line per request, when gateway.access_log is on
 # The directory holding the `declare` package, for PYTHONPATH (a source checkout too).
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -205,6 +206,7 @@ def start_gateway(
     idle_timeout: float = 75.0,
     capture_root: Path | None = None,
     capture_max_payload_bytes: int | None = None,
+    access_log: bool = False,
     settings_hash: str = "",
     take_over: GatewayRecord | None = None,
 ) -> GatewayRecord:
@@ -224,9 +226,8 @@ def start_gateway(
     _write_private(token_file, secrets.token_urlsafe(32))
     argv = _gateway_argv(host, port, token_file, max_body_bytes, queue_timeout, upstream_timeout)
     timeouts = (body_timeout, header_timeout, idle_timeout)
-    argv += _more_argv(
-        directory, hold_queue, eject_seconds, timeouts, capture_root, capture_max_payload_bytes
-    )
+    capture = (capture_root, capture_max_payload_bytes)
+    argv += _more_argv(directory, hold_queue, eject_seconds, timeouts, capture, access_log)
     proc, offset = _spawn(argv, log_path, auth_token, directory)
     _wait_until_answering(proc, host, port, log_path, offset, startup_timeout)
     record = GatewayRecord(
@@ -313,10 +314,12 @@ def _more_argv(
     hold_queue: int,
     eject_seconds: float,
     timeouts: tuple[float, float, float],
-    capture_root: Path | None,
-    capture_max_payload_bytes: int | None,
+    capture: tuple[Path | None, int | None],
+    access_log: bool,
 ) -> list[str]:
-    """The options after the first ones; `timeouts`: body, request head, idle connection."""
+    """The options after the first ones; `timeouts`: body, request head, idle connection;
+    `capture`: its root and payload limit (None: not given)."""
+    capture_root, capture_max_payload_bytes = capture
     argv = ["--hold-queue", str(hold_queue), "--eject-seconds", repr(float(eject_seconds))]
     for option, seconds in zip(("--body", "--header", "--idle"), timeouts, strict=True):
         argv += [f"{option}-timeout", repr(float(seconds))]
@@ -325,6 +328,8 @@ def _more_argv(
         argv += ["--capture-root", str(capture_root)]
     if capture_max_payload_bytes is not None:
         argv += ["--capture-max-payload-bytes", str(capture_max_payload_bytes)]
+    if access_log:
+        argv += ["--access-log", str(directory / ACCESS_LOG_NAME)]
     return argv
 
 

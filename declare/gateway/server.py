@@ -51,6 +51,7 @@ from hmac import compare_digest
 from aiohttp import web
 
 from declare.gateway import ADMIN_HEADER
+from declare.gateway.access import AccessLog, access_middleware
 from declare.gateway.admin import AdminApi, kept_table
 from declare.gateway.capture import CaptureBuffer, CaptureWriter
 from declare.gateway.config import GatewayConfig
@@ -130,6 +131,8 @@ class Gateway:
         if kept is not None:
             self.state.set_table(kept)
         self._bearer = f"Bearer {config.auth_token}" if config.auth_token else None
+        self.auth = self._bearer is not None
+        self.access_log = None if config.access_log is None else AccessLog(config.access_log)
 
     @property
     def table(self) -> RoutingTable:
@@ -139,8 +142,9 @@ class Gateway:
         self.state.set_table(table)
 
     def make_app(self) -> web.Application:
+        outer = [] if self.access_log is None else [access_middleware(self.access_log, self.auth)]
         app = web.Application(
-            middlewares=[self._middleware], client_max_size=self.config.max_body_bytes
+            middlewares=[*outer, self._middleware], client_max_size=self.config.max_body_bytes
         )
         routes = app.router
         routes.add_post("/serving-endpoints/{name}/invocations", self.data_plane.invocations)
@@ -171,6 +175,8 @@ class Gateway:
         app.on_shutdown.append(self._release_waiters)
         app.on_cleanup.append(self.upstream.close)
         app.on_cleanup.append(self._stop_capture)
+        if self.access_log is not None:
+            app.on_cleanup.append(self._close_access_log)
         return app
 
     async def _start_capture(self, _app: web.Application) -> None:
@@ -181,6 +187,10 @@ class Gateway:
         """Write the captured requests still buffered, off the event loop."""
         if self.capture_writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.capture_writer.close)
+
+    async def _close_access_log(self, _app: web.Application) -> None:
+        if self.access_log is not None:
+            self.access_log.close()
 
     async def _release_waiters(self, _app: web.Application) -> None:
         """Held requests answer 503 and demand long polls answer, so shutdown need not wait;

@@ -197,3 +197,12 @@ def test_the_connection_timeouts_restart_the_gateway_only_when_set() -> None:
     assert GatewaySettings("127.0.0.1", 8787, idle_timeout_seconds=75).hash == default.hash
     assert GatewaySettings("127.0.0.1", 8787, header_timeout_seconds=5).hash != default.hash
     assert GatewaySettings("127.0.0.1", 8787, idle_timeout_seconds=30).hash != default.hash
+
+
+def test_the_access_log_is_off_unless_declare_yaml_turns_it_on(tmp_path: Path) -> None:
+    assert load_config(tmp_path, {}).gateway_access_log is False
+    write(tmp_path, "gateway:\n  access_log: true\n")
+    assert load_config(tmp_path, {}).gateway_access_log is True
+    write(tmp_path, "gateway:\n  access_log: sometimes\n")
+    with pytest.raises(ManifestError, match=r"gateway\.access_log"):
+        load_config(tmp_path, {})
